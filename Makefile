@@ -1,0 +1,61 @@
+# nexus-streams developer commands. `make test` and `make demo` install what they need themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STACK := bash scripts/stack.sh
+PYTEST_ARGS ?=
+
+.PHONY: help install stack-up stack-down stack-status demo test test-unit test-integration lint topics-gen worker clean
+
+help:
+	@echo "make demo          install, start the local stack, run a worker, send one command"
+	@echo "make test          install, start the local stack, run unit and integration tests"
+	@echo "make test-unit     unit tests only (no services)"
+	@echo "make lint          ruff and mypy, as CI runs them"
+	@echo "make stack-up | stack-down | stack-status   local Kafka (KRaft) + Redis on 127.0.0.1"
+	@echo "make worker        run a worker against the local stack"
+	@echo "make topics-gen    regenerate topics/ from the pydantic models"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+stack-up:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+stack-status:
+	@$(STACK) status
+
+demo: install
+	@set -e; eval "$$($(STACK) up)"; $(VENV)/bin/nexus-streams demo
+
+worker: install
+	@set -e; eval "$$($(STACK) up)"; $(VENV)/bin/nexus-streams worker
+
+test: install
+	@set -e; eval "$$($(STACK) up)"; $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit tests/test_architecture.py $(PYTEST_ARGS)
+
+test-integration: install
+	@set -e; eval "$$($(STACK) up)"; $(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check nexus_streams tests scripts bench
+	$(VENV)/bin/mypy
+
+topics-gen: install
+	$(PY) scripts/gen_topics.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .nexus-data

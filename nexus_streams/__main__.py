@@ -1,0 +1,3 @@
+from nexus_streams.cli import main
+
+main()

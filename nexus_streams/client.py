@@ -1,0 +1,143 @@
+"""Async client on aiokafka: send commands, await their results, follow events.
+
+    async with NexusClient(Settings()) as client:
+        result = await client.request("relationships", "default", {...})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from nexus_streams.settings import Settings
+from nexus_streams.topics import EVENTS, RESULTS, Header
+
+
+class NexusClient:
+    """Produces to the inbound topics, reads results and events from their current end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        self._results: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._events_by_request: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._event_queues: list[asyncio.Queue[tuple[dict[str, str], dict[str, Any]]]] = []
+        self._event_arrived = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> NexusClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._consumer.start()
+        names = [self.settings.topic(RESULTS.name), self.settings.topic(EVENTS.name)]
+        tps = [
+            TopicPartition(name, p)
+            for name in names
+            for p in sorted(self._consumer.partitions_for_topic(name) or await self._partitions(name))
+        ]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the lazy seek now, so nothing sent after start() is missed
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._consumer.stop()
+        await self._producer.stop()
+
+    async def _partitions(self, topic: str) -> set[int]:
+        await self._consumer._client.force_metadata_update()  # noqa: SLF001
+        parts = self._consumer.partitions_for_topic(topic)
+        if not parts:
+            raise RuntimeError(f"topic {topic} does not exist; start a worker or run `nexus-streams topics`")
+        return parts
+
+    async def send(self, topic: str, key: str, payload: dict[str, Any]) -> None:
+        await self._producer.send_and_wait(
+            self.settings.topic(topic), json.dumps(payload).encode(), key=key.encode()
+        )
+
+    async def request(
+        self, topic: str, key: str, payload: dict[str, Any], timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """Send a command and wait for the result with its request_id."""
+        request_id = payload["request_id"]
+        future = self._results.setdefault(request_id, asyncio.get_running_loop().create_future())
+        await self.send(topic, key, payload)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._results.pop(request_id, None)
+
+    async def events_for(
+        self, request_id: str, count: int = 1, timeout_s: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Wait until `count` events caused by `request_id` arrived; return them."""
+        async with asyncio.timeout(timeout_s):
+            while len(self._events_by_request[request_id]) < count:
+                self._event_arrived.clear()
+                await self._event_arrived.wait()
+        return list(self._events_by_request[request_id])
+
+    async def subscribe_events(
+        self, pattern_id: str | None = None, event_type: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Events from now on, filtered by the pattern and type headers (no parsing to filter)."""
+        queue: asyncio.Queue[tuple[dict[str, str], dict[str, Any]]] = asyncio.Queue()
+        self._event_queues.append(queue)
+        try:
+            while True:
+                headers, event = await queue.get()
+                if pattern_id is not None and headers.get(Header.PATTERN_ID.value) != pattern_id:
+                    continue
+                if event_type is not None and headers.get(Header.EVENT_TYPE.value) != event_type:
+                    continue
+                yield event
+        finally:
+            self._event_queues.remove(queue)
+
+    async def _read(self) -> None:
+        results_topic = self.settings.topic(RESULTS.name)
+        async for record in self._consumer:
+            try:
+                value = json.loads(record.value or b"{}")
+            except json.JSONDecodeError:
+                continue
+            if record.topic == results_topic:
+                future = self._results.get(value.get("request_id"))
+                if future is not None and not future.done():
+                    future.set_result(value)
+                continue
+            headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
+            if value.get("request_id"):
+                self._events_by_request[value["request_id"]].append(value)
+                self._event_arrived.set()
+            for queue in self._event_queues:
+                queue.put_nowait((headers, value))

@@ -1,0 +1,89 @@
+"""Bytes <-> wire models. Two kinds of bad input, two outcomes:
+
+- `Undecodable`: not UTF-8, not JSON, or not a JSON object -> the dead-letter topic;
+- a `NexusError` (validation_error, unknown_action, ...) -> an error result naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from nexus_streams.domain.errors import UnknownAction, ValidationFailed
+from nexus_streams.messages import Inbound
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
+
+
+class Undecodable(Exception):
+    """The value cannot be read as a JSON object; `reason` goes into the dead-letter headers."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_object(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise Undecodable("empty value (tombstone); expected a JSON object")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise Undecodable(f"value is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Undecodable(f"value is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Undecodable(f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise Undecodable(f"value is JSON {type(value).__name__}; expected an object")
+    return value
+
+
+def request_id_of(data: dict[str, Any]) -> str | None:
+    """The request id of a message that may fail validation, if it has a usable one."""
+    value = data.get("request_id")
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+
+
+def field_errors(exc: PydanticValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(value)", "message": err["msg"]}
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def parse_model(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as exc:
+        problems = field_errors(exc)
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise ValidationFailed(f"invalid {model.__name__}: {summary}", errors=problems) from None
+
+
+def parse_action(actions: dict[str, type[Inbound]], data: dict[str, Any], topic: str) -> Inbound:
+    """Pick the model by `action`, then validate the whole message against it."""
+    action = data.get("action")
+    if action is None:
+        raise ValidationFailed(
+            f"field 'action' is missing; {topic} accepts: {', '.join(actions)}",
+            errors=[{"field": "action", "message": "Field required"}],
+        )
+    model = actions.get(action) if isinstance(action, str) else None
+    if model is None:
+        raise UnknownAction(
+            f"unknown action {action!r} on {topic}; use one of: {', '.join(actions)}",
+            field="action",
+            allowed=list(actions),
+        )
+    return parse_model(model, data)
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()

@@ -1,0 +1,150 @@
+"""Relationships: the five types, their canonical form, and the rules every relationship obeys."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from nexus_streams.domain.errors import InvalidRelationship, UnknownRelationshipType
+
+#: ids of entities and namespaces: printable, no whitespace or control characters
+ID_PATTERN = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
+MAX_ID_CHARS = 256
+MAX_METADATA_BYTES = 16 * 1024
+
+
+class RelationType(StrEnum):
+    """The spec's relationship types."""
+
+    #: source owns target (user:1 owner wallet:1)
+    OWNER = "owner"
+    #: source is a member of target
+    MEMBER = "member"
+    #: symmetric link; `A linked B` and `B linked A` are the same relationship
+    LINKED = "linked"
+    #: source is the parent of target; the inverse of `child`
+    PARENT = "parent"
+    #: source is a child of target; stored as `target parent source`
+    CHILD = "child"
+
+
+@dataclass(frozen=True, slots=True)
+class RelationshipKey:
+    """Identity of a relationship in its canonical form (see `canonical_key`)."""
+
+    source: str
+    type: RelationType
+    target: str
+
+    def as_stored(self, namespace: str) -> str:
+        return "\x1f".join((namespace, self.type.value, self.source, self.target))
+
+
+def parse_type(value: str) -> RelationType:
+    try:
+        return RelationType(value)
+    except ValueError:
+        allowed = ", ".join(t.value for t in RelationType)
+        raise UnknownRelationshipType(
+            f"unknown relationship type {value!r}; use one of: {allowed}", field="type"
+        ) from None
+
+
+def canonical_key(source: str, type_: RelationType, target: str) -> RelationshipKey:
+    """One key per relationship however it is written: child is stored as the inverse parent,
+    linked with its ends in sorted order."""
+    if type_ is RelationType.CHILD:
+        return RelationshipKey(target, RelationType.PARENT, source)
+    if type_ is RelationType.LINKED and target < source:
+        return RelationshipKey(target, RelationType.LINKED, source)
+    return RelationshipKey(source, type_, target)
+
+
+def check_id(value: str, field_name: str) -> None:
+    if not value or len(value) > MAX_ID_CHARS or not ID_PATTERN.match(value):
+        raise InvalidRelationship(
+            f"{field_name} must be 1 to {MAX_ID_CHARS} printable characters without whitespace",
+            field=field_name,
+        )
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidRelationship(
+            f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
+            field="metadata",
+            size_bytes=size,
+            limit_bytes=MAX_METADATA_BYTES,
+        )
+
+
+def check_endpoints(source: str, target: str) -> None:
+    check_id(source, "source")
+    check_id(target, "target")
+    if source == target:
+        raise InvalidRelationship(
+            f"a relationship needs two different entities; source and target are both {source!r}",
+            field="target",
+        )
+
+
+@dataclass(slots=True)
+class Relationship:
+    """A stored relationship, always in canonical form."""
+
+    namespace: str
+    source: str
+    type: RelationType
+    target: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def key(self) -> RelationshipKey:
+        return RelationshipKey(self.source, self.type, self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "source": self.source,
+            "type": self.type.value,
+            "target": self.target,
+            "metadata": self.metadata,
+            "version": self.version,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "expires_at": _iso(self.expires_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Relationship:
+        return cls(
+            namespace=data["namespace"],
+            source=data["source"],
+            type=RelationType(data["type"]),
+            target=data["target"],
+            metadata=dict(data.get("metadata") or {}),
+            version=int(data.get("version", 1)),
+            created_at=_parse(data.get("created_at")),
+            updated_at=_parse(data.get("updated_at")),
+            expires_at=_parse(data.get("expires_at")),
+        )
+
+    def evolve(self, **changes: Any) -> Relationship:
+        return replace(self, **changes)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _parse(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))

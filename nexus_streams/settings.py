@@ -1,0 +1,36 @@
+"""Settings from the environment, prefix NEXUS_ (e.g. NEXUS_KAFKA_BOOTSTRAP)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", extra="ignore")
+
+    kafka_bootstrap: str = Field(default="127.0.0.1:19092", description="host:port[,host:port]")
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    app_id: str = Field(
+        default="nexus-streams", description="Kafka consumer group and table topic prefix"
+    )
+    topic_prefix: str = Field(default="nexus.", description="prefix of every public topic")
+    partitions: int = Field(
+        default=8, ge=1, description="partitions of the co-partitioned input topics and tables"
+    )
+    replication_factor: int = Field(default=1, ge=1)
+    table_store: str = Field(
+        default="memory://", description="memory:// for development, rocksdb:// for production"
+    )
+    data_dir: str = Field(default=".nexus-data", description="worker state (RocksDB, Faust)")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    web_port: int = Field(default=6066, description="Faust's web server port")
+    web_enabled: bool = False
+    metrics_port: int = Field(default=9464, description="Prometheus /metrics port; 0 disables")
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"

@@ -1,0 +1,1 @@
+"""Faust glue: the app, its topics, tables and agents. Decode, call the service, publish."""

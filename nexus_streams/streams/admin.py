@@ -1,0 +1,71 @@
+"""Creating the public topics before the worker subscribes to them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from nexus_streams.settings import Settings
+from nexus_streams.topics import ALL_TOPICS, Partitioning
+
+log = logging.getLogger(__name__)
+
+
+class TopicMismatch(Exception):
+    """An existing topic has a partition count that breaks co-partitioning."""
+
+
+async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str, int]:
+    """Create missing topics; return {topic: partitions}. Idempotent; safe with several workers."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await admin.start()
+    try:
+        wanted = {settings.topic(spec.name): spec for spec in ALL_TOPICS}
+        existing = await _partitions(admin, list(wanted))
+        missing = [
+            NewTopic(
+                name=name,
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={"cleanup.policy": spec.cleanup_policy},
+            )
+            for name, spec in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics: %s", ", ".join(t.name for t in missing))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            existing = await _partitions(admin, list(wanted))
+            if len(existing) == len(wanted):
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                absent = sorted(set(wanted) - set(existing))
+                raise TimeoutError(f"topics not visible after {timeout_s}s: {absent}")
+            await asyncio.sleep(0.2)
+        for name, spec in wanted.items():
+            if spec.partitioning is Partitioning.NAMESPACE and existing[name] != settings.partitions:
+                raise TopicMismatch(
+                    f"topic {name} has {existing[name]} partitions but NEXUS_PARTITIONS is "
+                    f"{settings.partitions}; the namespace topics must be co-partitioned"
+                )
+        return existing
+    finally:
+        await admin.close()
+
+
+async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for meta in await admin.describe_topics(names):
+        if meta.get("error_code", 0) == 0 and meta.get("partitions"):
+            found[meta["topic"]] = len(meta["partitions"])
+    return found

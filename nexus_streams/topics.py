@@ -1,0 +1,142 @@
+"""The topic catalog: every public topic, its key, partitioning, cleanup policy and value model.
+
+One source for the worker (which creates and subscribes to them), the AsyncAPI contract in
+topics/ (generated from here) and the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from nexus_streams.messages import (
+    CreateRelationship,
+    DeadLetter,
+    DeleteRelationship,
+    Event,
+    ExecutionRequest,
+    GraphQuery,
+    PatternCommand,
+    Result,
+)
+from nexus_streams.settings import Settings
+
+
+class Partitioning(StrEnum):
+    #: `settings.partitions`; keyed by namespace and co-partitioned with the namespace actor
+    NAMESPACE = "namespace"
+    #: `settings.partitions`, not co-partitioned (outbound)
+    SPREAD = "spread"
+
+
+class Header(StrEnum):
+    """Kafka headers set by the service (values are UTF-8)."""
+
+    EVENT_TYPE = "nexus-event-type"
+    PATTERN_ID = "nexus-pattern-id"
+    NAMESPACE = "nexus-namespace"
+    REQUEST_ID = "nexus-request-id"
+    STATUS = "nexus-status"
+    ERROR_CODE = "nexus-error-code"
+    ERROR_REASON = "nexus-error-reason"
+    SOURCE_TOPIC = "nexus-source-topic"
+    SOURCE_PARTITION = "nexus-source-partition"
+    SOURCE_OFFSET = "nexus-source-offset"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    partitioning: Partitioning
+    cleanup_policy: str
+    description: str
+    messages: tuple[type[BaseModel], ...]
+    headers: tuple[Header, ...] = ()
+    inbound: bool = True
+
+
+RELATIONSHIPS = TopicSpec(
+    name="relationships",
+    key="namespace (UTF-8); a missing key means `default`",
+    partitioning=Partitioning.NAMESPACE,
+    cleanup_policy="delete",
+    description="Relationship commands: create, delete (update, delete_entity, batch follow).",
+    messages=(CreateRelationship, DeleteRelationship),
+)
+QUERIES = TopicSpec(
+    name="queries",
+    key="namespace (UTF-8); a missing key means `default`",
+    partitioning=Partitioning.NAMESPACE,
+    cleanup_policy="delete",
+    description="Graph queries, answered on the results topic.",
+    messages=(GraphQuery,),
+)
+EXECUTIONS = TopicSpec(
+    name="executions",
+    key="namespace (UTF-8); a missing key means `default`",
+    partitioning=Partitioning.NAMESPACE,
+    cleanup_policy="delete",
+    description="Pattern execution requests, run as transactions inside the namespace actor.",
+    messages=(ExecutionRequest,),
+)
+PATTERNS = TopicSpec(
+    name="patterns",
+    key="pattern id (UTF-8)",
+    partitioning=Partitioning.SPREAD,
+    cleanup_policy="delete",
+    description="Pattern commands: store, deprecate, delete.",
+    messages=(PatternCommand,),
+)
+RESULTS = TopicSpec(
+    name="results",
+    key="namespace (UTF-8)",
+    partitioning=Partitioning.SPREAD,
+    cleanup_policy="delete",
+    description="Exactly one result per request_id.",
+    messages=(Result,),
+    headers=(Header.REQUEST_ID, Header.STATUS, Header.NAMESPACE),
+    inbound=False,
+)
+EVENTS = TopicSpec(
+    name="events",
+    key="namespace (UTF-8)",
+    partitioning=Partitioning.SPREAD,
+    cleanup_policy="delete",
+    description="Events: relationship_created, relationship_deleted, error, ...",
+    messages=(Event,),
+    headers=(Header.EVENT_TYPE, Header.NAMESPACE, Header.PATTERN_ID),
+    inbound=False,
+)
+DEADLETTER = TopicSpec(
+    name="deadletter",
+    key="the original key, unchanged",
+    partitioning=Partitioning.SPREAD,
+    cleanup_policy="delete",
+    description="Messages that could not be decoded, unchanged, with the reason in headers.",
+    messages=(DeadLetter,),
+    headers=(
+        Header.ERROR_CODE,
+        Header.ERROR_REASON,
+        Header.SOURCE_TOPIC,
+        Header.SOURCE_PARTITION,
+        Header.SOURCE_OFFSET,
+    ),
+    inbound=False,
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    RELATIONSHIPS,
+    QUERIES,
+    EXECUTIONS,
+    PATTERNS,
+    RESULTS,
+    EVENTS,
+    DEADLETTER,
+)
+
+
+def topic_name(settings: Settings, spec: TopicSpec) -> str:
+    return settings.topic(spec.name)
