@@ -185,6 +185,8 @@ print_env() {
 
 cmd_up() {
   mkdir -p "$stack_dir" "$cache_dir"
+  # kcat: the plain command-line Kafka client the README's examples and a test use
+  command -v kcat >/dev/null || command -v kafkacat >/dev/null || apt_install kcat
   start_kafka
   start_redis
   if [ -z "$external_kafka" ]; then

@@ -1,0 +1,110 @@
+"""Plain aiokafka producer/consumer for the tests: the service is driven as any Kafka client would,
+without the project's own client code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.value or b"null")
+
+
+class Wire:
+    """Sends raw bytes to the inbound topics; records everything on the outbound topics."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.prefix = prefix
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        self.records: defaultdict[str, list[Record]] = defaultdict(list)
+        self._arrived = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    async def start(self, outbound: tuple[str, ...] = ("results", "events", "deadletter")) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        tps = []
+        for name in outbound:
+            parts = self.consumer.partitions_for_topic(self.topic(name))
+            if not parts:
+                await self.consumer._client.force_metadata_update()
+                parts = self.consumer.partitions_for_topic(self.topic(name))
+            assert parts, f"topic {self.topic(name)} does not exist"
+            tps += [TopicPartition(self.topic(name), p) for p in parts]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def _read(self) -> None:
+        async for msg in self.consumer:
+            name = msg.topic[len(self.prefix):]
+            headers = {k: v.decode(errors="replace") for k, v in msg.headers or ()}
+            record = Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers)
+            async with self._arrived:
+                self.records[name].append(record)
+                self._arrived.notify_all()
+
+    async def send(self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]) -> None:
+        if isinstance(value, dict):
+            value = json.dumps(value).encode()
+        if isinstance(key, str):
+            key = key.encode()
+        await self.producer.send_and_wait(self.topic(topic), value, key=key)
+
+    async def wait_for(self, topic: str, predicate, count: int = 1, timeout_s: float = 30.0) -> list[Record]:
+        """Wait until `count` records on `topic` match `predicate`; fail at the deadline."""
+        async def matched() -> list[Record]:
+            return [r for r in self.records[topic] if predicate(r)]
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._arrived:
+                    while len(found := await matched()) < count:
+                        await self._arrived.wait()
+                    return found
+        except TimeoutError:
+            found = await matched()
+            raise AssertionError(
+                f"{len(found)} of {count} matching records on {topic} within {timeout_s}s"
+            ) from None
+
+    async def result(self, request_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        [record] = await self.wait_for(
+            "results", lambda r: r.headers.get("nexus-request-id") == request_id, 1, timeout_s
+        )
+        return record.json()
+
+    async def events(self, request_id: str, count: int = 1, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        found = await self.wait_for(
+            "events", lambda r: r.json().get("request_id") == request_id, count, timeout_s
+        )
+        return [r.json() for r in found]
+
+    def matching(self, topic: str, predicate) -> list[Record]:
+        return [r for r in self.records[topic] if predicate(r)]
