@@ -32,7 +32,12 @@ def worker(
     level = (loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(ensure_topics(settings))
-    faust_app = create_app(settings)
+    from nexus_streams.metrics import Metrics
+
+    metrics = Metrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    faust_app = create_app(settings, metrics)
     Worker(faust_app, loglevel=level, quiet=True).execute_from_commandline()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
@@ -11,6 +12,7 @@ from faust.types import EventT
 from nexus_streams.domain.graph import Put
 from nexus_streams.domain.relationships import Relationship
 from nexus_streams.messages import Result
+from nexus_streams.metrics import Metrics
 from nexus_streams.service import NamespaceService, Received
 from nexus_streams.settings import Settings
 from nexus_streams.topics import (
@@ -45,7 +47,8 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
+    metrics = metrics or Metrics()
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
@@ -111,6 +114,7 @@ def create_app(settings: Settings) -> faust.App:
         event: EventT
         async for event in stream.events():
             msg = event.message
+            started = time.perf_counter()
             reply = service.handle(
                 Received(
                     spec=by_name[msg.topic],
@@ -132,6 +136,8 @@ def create_app(settings: Settings) -> faust.App:
                 request_log.put(reply.remember)
             for out in reply.outbound:
                 await topics[out.spec].send(key=out.key, value=out.value, headers=out.headers)
+            metrics.observe(by_name[msg.topic], reply, time.perf_counter() - started)
 
     app.nexus_service = service  # type: ignore[attr-defined]
+    app.nexus_metrics = metrics  # type: ignore[attr-defined]
     return app

@@ -99,6 +99,12 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def worker_env(kafka_bootstrap: str, redis_url: str, run_id: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -108,6 +114,7 @@ def worker_env(kafka_bootstrap: str, redis_url: str, run_id: str) -> dict[str, s
         "NEXUS_TOPIC_PREFIX": f"t-{run_id}.",
         "NEXUS_PARTITIONS": str(PARTITIONS),
         "NEXUS_DATA_DIR": str(REPO / ".stack" / f"worker-data-{run_id}"),
+        "NEXUS_METRICS_PORT": str(free_port()),
     }
 
 
