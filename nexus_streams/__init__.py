@@ -1,3 +1,3 @@
-"""nexus-streams: relationship graphs and pattern workflows as an actor-based streaming service on Kafka."""
+"""nexus-streams: relationship graphs and pattern workflows, as a streaming service on Kafka."""
 
 __version__ = "0.1.0"

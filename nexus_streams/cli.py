@@ -1,4 +1,4 @@
-"""The `nexus-streams` command. Commands parse arguments and call into the package; no logic here."""
+"""The `nexus-streams` command: commands parse arguments and call into the package."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Async client on aiokafka: send commands, await their results, follow events.
 
-    async with NexusClient(Settings()) as client:
-        result = await client.request("relationships", "default", {...})
+async with NexusClient(Settings()) as client:
+    result = await client.request("relationships", "default", {...})
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class NexusClient:
         tps = [
             TopicPartition(name, p)
             for name in names
-            for p in sorted(self._consumer.partitions_for_topic(name) or await self._partitions(name))
+            for p in sorted(
+                self._consumer.partitions_for_topic(name) or await self._partitions(name)
+            )
         ]
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
@@ -76,8 +78,10 @@ class NexusClient:
         await self._consumer._client.force_metadata_update()  # noqa: SLF001
         parts = self._consumer.partitions_for_topic(topic)
         if not parts:
-            raise RuntimeError(f"topic {topic} does not exist; start a worker or run `nexus-streams topics`")
-        return parts
+            raise RuntimeError(
+                f"topic {topic} does not exist; start a worker or run `nexus-streams topics`"
+            )
+        return set(parts)
 
     async def send(self, topic: str, key: str, payload: dict[str, Any]) -> None:
         await self._producer.send_and_wait(

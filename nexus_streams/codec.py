@@ -39,7 +39,9 @@ def decode_object(raw: bytes | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise Undecodable(f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise Undecodable(
+            f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     if not isinstance(value, dict):
         raise Undecodable(f"value is JSON {type(value).__name__}; expected an object")
     return value

@@ -21,7 +21,7 @@ HEADER_DOCS: dict[Header, str] = {
     Header.NAMESPACE: "the namespace",
     Header.REQUEST_ID: "the request's `request_id`",
     Header.STATUS: "`ok` or `error`",
-    Header.ERROR_CODE: "why the message was dead-lettered: undecodable, invalid_key, validation_error, ...",
+    Header.ERROR_CODE: "why it was dead-lettered: undecodable, invalid_key, validation_error, ...",
     Header.ERROR_REASON: "what is wrong, for a human",
     Header.SOURCE_TOPIC: "the topic the message was read from",
     Header.SOURCE_PARTITION: "its partition",
@@ -38,7 +38,9 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for spec in ALL_TOPICS:
         for model in spec.messages:
-            out[schema_file(model.__name__)] = model.model_json_schema(mode="serialization" if not spec.inbound else "validation")
+            out[schema_file(model.__name__)] = model.model_json_schema(
+                mode="serialization" if not spec.inbound else "validation"
+            )
     union = TypeAdapter(RelationshipCommand).json_schema()
     union["title"] = "RelationshipCommand"
     out[schema_file("RelationshipCommand")] = union
@@ -48,7 +50,9 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 def _headers_schema(spec: TopicSpec) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {h.value: {"type": "string", "description": HEADER_DOCS[h]} for h in spec.headers},
+        "properties": {
+            h.value: {"type": "string", "description": HEADER_DOCS[h]} for h in spec.headers
+        },
     }
 
 
@@ -56,7 +60,9 @@ def _message(model: type[BaseModel], spec: TopicSpec) -> dict[str, Any]:
     message: dict[str, Any] = {
         "name": model.__name__,
         "title": model.__name__,
-        "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else model.__name__,
+        "summary": (model.__doc__ or "").strip().splitlines()[0]
+        if model.__doc__
+        else model.__name__,
         "contentType": "application/json",
         "payload": {"$ref": schema_file(model.__name__)},
         "bindings": {"kafka": {"key": {"type": "string", "description": spec.key}}},
@@ -130,8 +136,13 @@ def asyncapi_document(settings: Settings | None = None) -> dict[str, Any]:
 
 def render() -> dict[str, str]:
     """{path relative to topics/: file text}: exactly what is checked in."""
-    defaults = Settings(_env_file=None, kafka_bootstrap="127.0.0.1:19092", topic_prefix="nexus.",  # type: ignore[call-arg]
-                        partitions=8, replication_factor=1)
+    defaults = Settings(
+        _env_file=None,
+        kafka_bootstrap="127.0.0.1:19092",
+        topic_prefix="nexus.",  # type: ignore[call-arg]
+        partitions=8,
+        replication_factor=1,
+    )
     files = {
         "asyncapi.yaml": yaml.safe_dump(asyncapi_document(defaults), sort_keys=False, width=100),
     }

@@ -22,8 +22,9 @@ async def run_demo(settings: Settings, timeout_s: float = 60.0) -> int:
     try:
         async with NexusClient(settings) as client:
             suffix = uuid.uuid4().hex[:8]
-            command = {
-                "request_id": f"demo-{suffix}",
+            request_id = f"demo-{suffix}"
+            command: dict[str, object] = {
+                "request_id": request_id,
                 "principal": "demo",
                 "action": "create",
                 "type": "owner",
@@ -36,7 +37,7 @@ async def run_demo(settings: Settings, timeout_s: float = 60.0) -> int:
             result = await client.request("relationships", "default", command, timeout_s)
             print("result   (nexus.results):")
             print(json.dumps(result, indent=2))
-            [event] = await client.events_for(command["request_id"], 1, timeout_s)
+            [event] = await client.events_for(request_id, 1, timeout_s)
             print("event    (nexus.events):")
             print(json.dumps(event, indent=2))
             return 0 if result["status"] == "ok" and event["type"] == "relationship_created" else 1

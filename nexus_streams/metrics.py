@@ -57,8 +57,12 @@ class Metrics:
         for out in reply.outbound:
             if out.spec is DEADLETTER:
                 reason = out.headers.get(H.ERROR_CODE.value, b"other").decode()
-                self.deadletters.labels(spec.name, reason if reason in KNOWN_CODES or reason in
-                                        ("undecodable", "invalid_key") else "other").inc()
+                self.deadletters.labels(
+                    spec.name,
+                    reason
+                    if reason in KNOWN_CODES or reason in ("undecodable", "invalid_key")
+                    else "other",
+                ).inc()
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104

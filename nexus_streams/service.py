@@ -147,7 +147,9 @@ class NamespaceService:
             return self._error(msg, namespace, request_id, action, data, source, exc)
         except Exception as exc:  # a bug must not kill the agent: answer and log it
             log.exception("internal error handling %s", source)
-            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            internal = NexusError(
+                f"internal error: {type(exc).__name__}; the request may be retried"
+            )
             return self._error(msg, namespace, request_id, action, data, source, internal)
         return self._ok(namespace, command, outcome, source)
 
@@ -293,14 +295,20 @@ def _event(
 
 
 def _result_message(result: Result) -> Outbound:
-    headers = {Header.STATUS.value: result.status.encode(), Header.NAMESPACE.value: result.namespace.encode()}
+    headers = {
+        Header.STATUS.value: result.status.encode(),
+        Header.NAMESPACE.value: result.namespace.encode(),
+    }
     if result.request_id is not None:
         headers[Header.REQUEST_ID.value] = result.request_id.encode()
     return Outbound(RESULTS, result.namespace.encode(), encode(result), headers)
 
 
 def _event_message(event: Event) -> Outbound:
-    headers = {Header.EVENT_TYPE.value: event.type.encode(), Header.NAMESPACE.value: event.namespace.encode()}
+    headers = {
+        Header.EVENT_TYPE.value: event.type.encode(),
+        Header.NAMESPACE.value: event.namespace.encode(),
+    }
     if event.pattern_id is not None:
         headers[Header.PATTERN_ID.value] = event.pattern_id.encode()
     return Outbound(EVENTS, event.namespace.encode(), encode(event), headers)

@@ -1,4 +1,4 @@
-"""docker-compose.yml cannot run here (no Docker engine): check what can be checked by reading it."""
+"""docker-compose.yml cannot run here (no Docker engine): check what reading it can check."""
 
 from __future__ import annotations
 
@@ -43,7 +43,12 @@ def test_compose__worker_reaches_kafka_and_redis_by_service_name() -> None:
 
 def test_compose__prometheus_scrapes_the_worker_metrics_port() -> None:
     prometheus = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
-    targets = [t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    targets = [
+        t
+        for job in prometheus["scrape_configs"]
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+    ]
     port = COMPOSE["services"]["worker"]["environment"]["NEXUS_METRICS_PORT"]
     assert f"worker:{port}" in targets
 

@@ -1,1 +1,1 @@
-"""The pure domain: graph model and rules, errors. No Faust, Kafka, Redis or Prometheus imports here."""
+"""The pure domain: graph model, rules and errors. No Faust/Kafka/Redis/Prometheus imports."""

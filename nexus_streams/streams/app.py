@@ -111,7 +111,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
 
     @app.agent(inbound, name="apply_namespace_commands")
     async def apply_namespace_commands(stream: faust.StreamT[bytes]) -> None:
-        event: EventT
+        event: EventT[bytes]
         async for event in stream.events():
             msg = event.message
             started = time.perf_counter()

@@ -31,7 +31,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _require_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(f"{name} is not set: run the suite with `make test`, which starts the local stack")
+        pytest.fail(
+            f"{name} is not set: run the suite with `make test`, which starts the local stack"
+        )
     return value
 
 
@@ -127,8 +129,14 @@ async def wait_until_answering(wire: Wire, worker: WorkerProcess, timeout_s: flo
         await wire.send(
             "relationships",
             "readiness",
-            {"request_id": request_id, "principal": "tests", "action": "create",
-             "type": "linked", "source": f"probe:{request_id}", "target": "probe:target"},
+            {
+                "request_id": request_id,
+                "principal": "tests",
+                "action": "create",
+                "type": "linked",
+                "source": f"probe:{request_id}",
+                "target": "probe:target",
+            },
         )
         try:
             await wire.result(request_id, timeout_s=5)
@@ -170,7 +178,9 @@ def worker(topics_ready: dict[str, str], run_id: str) -> Iterator[WorkerProcess]
 
 
 @pytest.fixture(scope="session")
-async def wire(kafka_bootstrap: str, topics_ready: dict[str, str], worker: WorkerProcess) -> AsyncIterator[Wire]:
+async def wire(
+    kafka_bootstrap: str, topics_ready: dict[str, str], worker: WorkerProcess
+) -> AsyncIterator[Wire]:
     w = Wire(kafka_bootstrap, topics_ready["NEXUS_TOPIC_PREFIX"])
     await w.start()
     await wait_until_answering(w, worker)

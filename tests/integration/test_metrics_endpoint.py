@@ -22,13 +22,27 @@ def scrape(port: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-async def test_metrics__count_ok_errors_and_deadletters(wire: Wire, worker: WorkerProcess, namespace: str) -> None:
+async def test_metrics__count_ok_errors_and_deadletters(
+    wire: Wire, worker: WorkerProcess, namespace: str
+) -> None:
     port = worker.env["NEXUS_METRICS_PORT"]
     ok_id, bad_id = f"m-{uuid.uuid4().hex}", f"m-{uuid.uuid4().hex}"
     await wire.send("relationships", namespace, b"not json")
-    await wire.send("relationships", namespace, {"request_id": bad_id, "principal": "p", "action": "nope"})
-    await wire.send("relationships", namespace, {"request_id": ok_id, "principal": "p", "action": "create",
-                                                 "type": "member", "source": "u:1", "target": "g:1"})
+    await wire.send(
+        "relationships", namespace, {"request_id": bad_id, "principal": "p", "action": "nope"}
+    )
+    await wire.send(
+        "relationships",
+        namespace,
+        {
+            "request_id": ok_id,
+            "principal": "p",
+            "action": "create",
+            "type": "member",
+            "source": "u:1",
+            "target": "g:1",
+        },
+    )
     await wire.result(ok_id)
     await wire.result(bad_id)
 

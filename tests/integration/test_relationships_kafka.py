@@ -16,22 +16,36 @@ def rid(prefix: str = "r") -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def create(request_id: str, source: str, target: str, type_: str = "owner", **extra: object) -> dict:
-    return {"request_id": request_id, "principal": "alice", "action": "create", "type": type_,
-            "source": source, "target": target, **extra}
+def create(
+    request_id: str, source: str, target: str, type_: str = "owner", **extra: object
+) -> dict:
+    return {
+        "request_id": request_id,
+        "principal": "alice",
+        "action": "create",
+        "type": type_,
+        "source": source,
+        "target": target,
+        **extra,
+    }
 
 
 async def assert_still_answering(wire: Wire, namespace: str) -> None:
     request_id = rid("after")
-    await wire.send("relationships", namespace, create(request_id, "user:after", f"wallet:{request_id}"))
+    await wire.send(
+        "relationships", namespace, create(request_id, "user:after", f"wallet:{request_id}")
+    )
     result = await wire.result(request_id)
     assert result["status"] == "ok", result
 
 
 async def test_create__result_and_event(wire: Wire, namespace: str) -> None:
     request_id = rid()
-    await wire.send("relationships", namespace,
-                    create(request_id, "user:1", "wallet:1", metadata={"wallet_type": "primary"}))
+    await wire.send(
+        "relationships",
+        namespace,
+        create(request_id, "user:1", "wallet:1", metadata={"wallet_type": "primary"}),
+    )
 
     result = await wire.result(request_id)
     [event] = await wire.events(request_id)
@@ -56,9 +70,18 @@ async def test_delete__result_and_event(wire: Wire, namespace: str) -> None:
     assert (await wire.result(created))["status"] == "ok"
 
     # the inverse form names the same relationship
-    await wire.send("relationships", namespace,
-                    {"request_id": deleted, "principal": "alice", "action": "delete",
-                     "type": "child", "source": "user:2", "target": "team:1"})
+    await wire.send(
+        "relationships",
+        namespace,
+        {
+            "request_id": deleted,
+            "principal": "alice",
+            "action": "delete",
+            "type": "child",
+            "source": "user:2",
+            "target": "team:1",
+        },
+    )
 
     result = await wire.result(deleted)
     [event] = await wire.events(deleted)
@@ -70,9 +93,18 @@ async def test_delete__result_and_event(wire: Wire, namespace: str) -> None:
 
 async def test_delete__missing_is_not_found(wire: Wire, namespace: str) -> None:
     request_id = rid()
-    await wire.send("relationships", namespace,
-                    {"request_id": request_id, "principal": "alice", "action": "delete",
-                     "type": "owner", "source": "user:x", "target": "wallet:x"})
+    await wire.send(
+        "relationships",
+        namespace,
+        {
+            "request_id": request_id,
+            "principal": "alice",
+            "action": "delete",
+            "type": "owner",
+            "source": "user:x",
+            "target": "wallet:x",
+        },
+    )
     result = await wire.result(request_id)
     assert result["status"] == "error"
     assert result["error"]["code"] == "not_found"
@@ -94,9 +126,19 @@ async def test_garbage__goes_to_deadletter_with_reason(wire: Wire, namespace: st
 
 async def test_bad_fields__validation_error_names_the_field(wire: Wire, namespace: str) -> None:
     request_id = rid()
-    await wire.send("relationships", namespace,
-                    {"request_id": request_id, "principal": "alice", "action": "create",
-                     "type": "owner", "source": "user:1", "target": "", "colour": "red"})
+    await wire.send(
+        "relationships",
+        namespace,
+        {
+            "request_id": request_id,
+            "principal": "alice",
+            "action": "create",
+            "type": "owner",
+            "source": "user:1",
+            "target": "",
+            "colour": "red",
+        },
+    )
 
     result = await wire.result(request_id)
     [event] = await wire.events(request_id)
@@ -115,30 +157,42 @@ async def test_bad_fields__validation_error_names_the_field(wire: Wire, namespac
     ("command", "code"),
     [
         ({"action": "explode"}, "unknown_action"),
-        ({"action": "create", "type": "friend", "source": "a", "target": "b"},
-         "unknown_relationship_type"),
-        ({"action": "create", "type": "owner", "source": "a", "target": "a"},
-         "invalid_relationship"),
+        (
+            {"action": "create", "type": "friend", "source": "a", "target": "b"},
+            "unknown_relationship_type",
+        ),
+        (
+            {"action": "create", "type": "owner", "source": "a", "target": "a"},
+            "invalid_relationship",
+        ),
     ],
 )
-async def test_invalid_command__error_code(wire: Wire, namespace: str, command: dict, code: str) -> None:
+async def test_invalid_command__error_code(
+    wire: Wire, namespace: str, command: dict, code: str
+) -> None:
     request_id = rid()
-    await wire.send("relationships", namespace, {"request_id": request_id, "principal": "alice", **command})
+    await wire.send(
+        "relationships", namespace, {"request_id": request_id, "principal": "alice", **command}
+    )
     result = await wire.result(request_id)
     assert result["status"] == "error"
     assert result["error"]["code"] == code
     await assert_still_answering(wire, namespace)
 
 
-async def test_duplicate_request_id__same_result_no_second_effect(wire: Wire, namespace: str) -> None:
+async def test_duplicate_request_id__same_result_no_second_effect(
+    wire: Wire, namespace: str
+) -> None:
     request_id = rid()
     command = create(request_id, "user:dup", "wallet:dup")
     await wire.send("relationships", namespace, command)
     await wire.send("relationships", namespace, command)
 
     first, second = [
-        r.json() for r in await wire.wait_for(
-            "results", lambda r: r.headers.get("nexus-request-id") == request_id, count=2)
+        r.json()
+        for r in await wire.wait_for(
+            "results", lambda r: r.headers.get("nexus-request-id") == request_id, count=2
+        )
     ]
     assert first == second
     assert first["status"] == "ok"
@@ -154,7 +208,9 @@ async def test_hundred_garbage_then_valid__all_deadlettered_and_answered(
         await wire.send("relationships", namespace, f"garbage {marker} {i} {{".encode())
     await assert_still_answering(wire, namespace)
 
-    dead = await wire.wait_for("deadletter", lambda r: marker.encode() in (r.value or b""), count=100)
+    dead = await wire.wait_for(
+        "deadletter", lambda r: marker.encode() in (r.value or b""), count=100
+    )
     assert len(dead) == 100
     assert worker.alive()
     log = worker.log_text()
@@ -166,12 +222,16 @@ async def test_kcat__plain_json_create_is_answered(wire: Wire) -> None:
     kcat = shutil.which("kcat") or shutil.which("kafkacat")
     assert kcat, "kcat is not installed; `make test` installs it (scripts/stack.sh)"
     request_id = rid("kcat")
-    value = (f'{{"request_id": "{request_id}", "principal": "alice", "action": "create", '
-             f'"type": "owner", "source": "user:kcat-{request_id}", "target": "wallet:kcat"}}')
+    value = (
+        f'{{"request_id": "{request_id}", "principal": "alice", "action": "create", '
+        f'"type": "owner", "source": "user:kcat-{request_id}", "target": "wallet:kcat"}}'
+    )
     bootstrap = wire.producer.client._bootstrap_servers
     subprocess.run(
         [kcat, "-P", "-b", bootstrap, "-t", wire.topic("relationships"), "-k", "default"],
-        input=value.encode(), check=True, timeout=30,
+        input=value.encode(),
+        check=True,
+        timeout=30,
     )
     result = await wire.result(request_id)
     assert result["status"] == "ok"

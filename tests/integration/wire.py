@@ -63,22 +63,27 @@ class Wire:
 
     async def _read(self) -> None:
         async for msg in self.consumer:
-            name = msg.topic[len(self.prefix):]
+            name = msg.topic[len(self.prefix) :]
             headers = {k: v.decode(errors="replace") for k, v in msg.headers or ()}
             record = Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers)
             async with self._arrived:
                 self.records[name].append(record)
                 self._arrived.notify_all()
 
-    async def send(self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]) -> None:
+    async def send(
+        self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]
+    ) -> None:
         if isinstance(value, dict):
             value = json.dumps(value).encode()
         if isinstance(key, str):
             key = key.encode()
         await self.producer.send_and_wait(self.topic(topic), value, key=key)
 
-    async def wait_for(self, topic: str, predicate, count: int = 1, timeout_s: float = 30.0) -> list[Record]:
+    async def wait_for(
+        self, topic: str, predicate, count: int = 1, timeout_s: float = 30.0
+    ) -> list[Record]:
         """Wait until `count` records on `topic` match `predicate`; fail at the deadline."""
+
         async def matched() -> list[Record]:
             return [r for r in self.records[topic] if predicate(r)]
 
@@ -100,7 +105,9 @@ class Wire:
         )
         return record.json()
 
-    async def events(self, request_id: str, count: int = 1, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    async def events(
+        self, request_id: str, count: int = 1, timeout_s: float = 30.0
+    ) -> list[dict[str, Any]]:
         found = await self.wait_for(
             "events", lambda r: r.json().get("request_id") == request_id, count, timeout_s
         )
