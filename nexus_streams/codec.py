@@ -37,14 +37,26 @@ def decode_object(raw: bytes | None) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise Undecodable(f"value is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        value = json.loads(text, parse_constant=_reject_constant)
+        # "\ud800" is valid JSON but no Unicode text: nothing downstream could encode it
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Undecodable(
+            "value has a lone surrogate escape (e.g. \\ud800); use valid Unicode"
+        ) from None
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):
+            raise Undecodable(str(exc)) from None
         raise Undecodable(
             f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     if not isinstance(value, dict):
         raise Undecodable(f"value is JSON {type(value).__name__}; expected an object")
     return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"value is not JSON: {name} is not a JSON number")
 
 
 def request_id_of(data: dict[str, Any]) -> str | None:
@@ -88,4 +100,8 @@ def parse_action(actions: dict[str, type[Inbound]], data: dict[str, Any], topic:
 
 
 def encode(model: BaseModel) -> bytes:
-    return model.model_dump_json(exclude_none=True).encode()
+    """JSON without null fields, except those a model lists in `ALWAYS`."""
+    data = model.model_dump(mode="json", exclude_none=True)
+    for name in getattr(model, "ALWAYS", ()):
+        data.setdefault(name, None)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

@@ -7,7 +7,7 @@ no-op. They are converted to domain calls at the edge (streams/handlers.py).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -20,14 +20,12 @@ EntityId = Annotated[
     Field(
         min_length=1,
         max_length=256,
-        pattern=r"^[^\s\x00-\x1f\x7f]+$",
+        pattern=r"^[^\s\x00-\x1f\x7f-\x9f]+$",
         description="entity id, e.g. `user:1`",
     ),
 ]
-Namespace = Annotated[
-    str,
-    Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"),
-]
+NAMESPACE_REGEX = r"^[A-Za-z0-9._:-]{1,128}$"
+Namespace = Annotated[str, Field(min_length=1, max_length=128, pattern=NAMESPACE_REGEX)]
 Metadata = Annotated[dict[str, Any], Field(description="JSON object, at most 16 KiB as JSON")]
 
 DEFAULT_NAMESPACE = "default"
@@ -128,6 +126,8 @@ class Result(BaseModel):
     """Exactly one per request_id on the results topic."""
 
     model_config = ConfigDict(frozen=True)
+    #: written even when null
+    ALWAYS: ClassVar[frozenset[str]] = frozenset({"request_id"})
 
     request_id: str | None = Field(description="null only when the request had no usable one")
     namespace: str

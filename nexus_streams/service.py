@@ -8,6 +8,7 @@ Faust makes every outcome testable without a broker.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,13 @@ from nexus_streams.codec import (
     parse_model,
     request_id_of,
 )
-from nexus_streams.domain.errors import NexusError, NotFound, UnknownAction, ValidationFailed
+from nexus_streams.domain.errors import (
+    ErrorCode,
+    NexusError,
+    NotFound,
+    UnknownAction,
+    ValidationFailed,
+)
 from nexus_streams.domain.graph import (
     Change,
     DomainEvent,
@@ -34,6 +41,7 @@ from nexus_streams.domain.graph import (
 from nexus_streams.domain.relationships import Relationship, parse_type
 from nexus_streams.messages import (
     DEFAULT_NAMESPACE,
+    NAMESPACE_REGEX,
     RELATIONSHIP_ACTIONS,
     CreateRelationship,
     DeleteRelationship,
@@ -58,6 +66,8 @@ from nexus_streams.topics import (
 )
 
 log = logging.getLogger(__name__)
+
+NAMESPACE_PATTERN = re.compile(NAMESPACE_REGEX.strip("^$"))
 
 QUERY_ACTIONS: tuple[str, ...] = ()
 
@@ -249,8 +259,8 @@ class NamespaceService:
         if request_id is None:
             # nobody can await a result without a request id: keep the message itself too
             reply.outbound.append(_deadletter_message(msg, exc.code.value, exc.message))
-        else:
-            reply.remember = result
+        elif exc.code is not ErrorCode.INTERNAL_ERROR:
+            reply.remember = result  # a failure of ours is not remembered: a retry runs again
         return reply
 
     def _replay(self, previous: Result) -> Reply:
@@ -272,7 +282,7 @@ def _namespace_of(key: bytes | None) -> tuple[str, str | None]:
         namespace = key.decode("utf-8")
     except UnicodeDecodeError:
         return DEFAULT_NAMESPACE, "message key is not UTF-8; the key is the namespace"
-    if not (0 < len(namespace) <= 128) or not all(c.isalnum() or c in "._:-" for c in namespace):
+    if not NAMESPACE_PATTERN.fullmatch(namespace):
         return DEFAULT_NAMESPACE, (
             f"message key {namespace[:140]!r} is not a namespace: use 1-128 characters "
             "of letters, digits and . _ : -"

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     )
     data_dir: str = Field(default=".nexus-data", description="worker state (RocksDB, Faust)")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    session_timeout_s: float = Field(
+        default=10.0, ge=6.0, description="a worker silent this long loses its partitions"
+    )
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
     web_port: int = Field(default=6066, description="Faust's web server port")
     web_enabled: bool = False
     metrics_port: int = Field(default=9464, description="Prometheus /metrics port; 0 disables")

@@ -11,8 +11,8 @@ from typing import Any
 
 from nexus_streams.domain.errors import InvalidRelationship, UnknownRelationshipType
 
-#: ids of entities and namespaces: printable, no whitespace or control characters
-ID_PATTERN = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
+#: ids of entities: printable, no whitespace or control characters (C0, DEL, C1)
+ID_PATTERN = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+")
 MAX_ID_CHARS = 256
 MAX_METADATA_BYTES = 16 * 1024
 
@@ -65,7 +65,7 @@ def canonical_key(source: str, type_: RelationType, target: str) -> Relationship
 
 
 def check_id(value: str, field_name: str) -> None:
-    if not value or len(value) > MAX_ID_CHARS or not ID_PATTERN.match(value):
+    if not value or len(value) > MAX_ID_CHARS or not ID_PATTERN.fullmatch(value):
         raise InvalidRelationship(
             f"{field_name} must be 1 to {MAX_ID_CHARS} printable characters without whitespace",
             field=field_name,

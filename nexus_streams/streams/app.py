@@ -62,6 +62,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
     topics: dict[TopicSpec, faust.TopicT] = {
         spec: app.topic(
@@ -85,16 +87,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         "relationships",
         default=None,
         partitions=settings.partitions,
-        key_type=str,
-        value_type=dict,
         help="relationships by namespace/type/source/target (canonical form)",
     )
     requests = app.Table(
         "requests",
         default=None,
         partitions=settings.partitions,
-        key_type=str,
-        value_type=dict,
         help="results by namespace/request_id, for idempotent redelivery",
     )
     request_log = TableRequestLog(requests)

@@ -100,10 +100,14 @@ class Wire:
             ) from None
 
     async def result(self, request_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
-        [record] = await self.wait_for(
+        """The result of `request_id`. Delivery is at-least-once, so after a crash a result may be
+        published again: every copy must then be identical."""
+        found = await self.wait_for(
             "results", lambda r: r.headers.get("nexus-request-id") == request_id, 1, timeout_s
         )
-        return record.json()
+        copies = [r.json() for r in found]
+        assert all(c == copies[0] for c in copies), f"different results for {request_id}: {copies}"
+        return copies[0]
 
     async def events(
         self, request_id: str, count: int = 1, timeout_s: float = 30.0
