@@ -7,15 +7,42 @@ import json
 import logging
 import sys
 import uuid
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from nexus_streams.settings import Settings
 
-app = typer.Typer(help="nexus-streams: relationship graphs and pattern workflows on Kafka.")
-console = Console()
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="nexus-streams: relationship graphs and pattern workflows on Kafka.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; turn the errors a user can fix into one line and exit code 1."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    from nexus_streams.streams.admin import TopicMismatch
+
+    try:
+        return asyncio.run(coro)
+    except TopicMismatch as exc:
+        console.print(f"[red]error:[/red] {exc}")
+    except (KafkaConnectionError, KafkaError, OSError) as exc:
+        settings = Settings()
+        console.print(
+            f"[red]error:[/red] cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); "
+            "start the local stack with `make stack-up` or set NEXUS_KAFKA_BOOTSTRAP"
+        )
+    except TimeoutError:
+        console.print("[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?")
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -31,7 +58,7 @@ def worker(
     settings = Settings()
     level = (loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(ensure_topics(settings))
+    run_async(ensure_topics(settings))
     from nexus_streams.metrics import Metrics
 
     metrics = Metrics()
@@ -46,9 +73,9 @@ def topics() -> None:
     """Create the public topics (idempotent) and print them with their partition counts."""
     from nexus_streams.streams.admin import ensure_topics
 
-    found = asyncio.run(ensure_topics(Settings()))
+    found = run_async(ensure_topics(Settings()))
     for name, partitions in sorted(found.items()):
-        console.print(f"{name}\t{partitions} partitions")
+        print(f"{name}\t{partitions} partitions")
 
 
 @app.command()
@@ -73,7 +100,7 @@ def send(
         async with NexusClient(Settings()) as client:
             return await client.request(topic, key, payload, timeout_s=timeout)
 
-    result = asyncio.run(run())
+    result = run_async(run())
     print(json.dumps(result, indent=2))
     if result.get("status") != "ok":
         raise typer.Exit(1)
@@ -86,7 +113,7 @@ def demo(
     """Start a worker, create a relationship, print its result and event, stop the worker."""
     from nexus_streams.demo import run_demo
 
-    sys.exit(asyncio.run(run_demo(Settings(), timeout)))
+    sys.exit(run_async(run_demo(Settings(), timeout)))
 
 
 def main() -> None:
