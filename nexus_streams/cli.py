@@ -41,7 +41,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
             "start the local stack with `make stack-up` or set NEXUS_KAFKA_BOOTSTRAP"
         )
     except TimeoutError:
-        console.print("[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?")
+        console.print(
+            "[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?"
+        )
     raise typer.Exit(1)
 
 

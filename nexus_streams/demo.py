@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import uuid
+from pathlib import Path
 
 from nexus_streams.client import NexusClient
 from nexus_streams.settings import Settings
@@ -16,9 +17,19 @@ from nexus_streams.streams.admin import ensure_topics
 
 async def run_demo(settings: Settings, timeout_s: float = 60.0) -> int:
     await ensure_topics(settings)
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nexus_streams", "worker", env={**os.environ}
-    )
+    log_path = Path(settings.data_dir) / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"starting a worker (its log: {log_path})")
+    with log_path.open("ab") as log:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "nexus_streams",
+            "worker",
+            env={**os.environ},
+            stdout=log,
+            stderr=log,
+        )
     try:
         async with NexusClient(settings) as client:
             suffix = uuid.uuid4().hex[:8]
