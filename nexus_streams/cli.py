@@ -34,12 +34,13 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     except TopicMismatch as exc:
         console.print(f"[red]error:[/red] {exc}")
-    except (KafkaConnectionError, KafkaError, OSError) as exc:
-        settings = Settings()
+    except (KafkaConnectionError, ConnectionRefusedError) as exc:
         console.print(
-            f"[red]error:[/red] cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); "
+            f"[red]error:[/red] cannot reach Kafka at {Settings().kafka_bootstrap} ({exc}); "
             "start the local stack with `make stack-up` or set NEXUS_KAFKA_BOOTSTRAP"
         )
+    except KafkaError as exc:
+        console.print(f"[red]error:[/red] Kafka: {exc}")
     except TimeoutError:
         console.print(
             "[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?"
