@@ -51,7 +51,7 @@ test-integration: install
 	@set -e; eval "$$($(STACK) up)"; $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check nexus_streams tests scripts bench
+	$(VENV)/bin/ruff check nexus_streams tests scripts $(wildcard bench)
 	$(VENV)/bin/mypy
 
 topics-gen: install
