@@ -42,9 +42,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     except KafkaError as exc:
         console.print(f"[red]error:[/red] Kafka: {exc}")
     except TimeoutError:
-        console.print(
-            "[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?"
-        )
+        console.print("[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?")
     raise typer.Exit(1)
 
 

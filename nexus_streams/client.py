@@ -56,9 +56,7 @@ class NexusClient:
         tps = [
             TopicPartition(name, p)
             for name in names
-            for p in sorted(
-                self._consumer.partitions_for_topic(name) or await self._partitions(name)
-            )
+            for p in sorted(self._consumer.partitions_for_topic(name) or await self._partitions(name))
         ]
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
@@ -78,9 +76,7 @@ class NexusClient:
         await self._consumer._client.force_metadata_update()  # noqa: SLF001
         parts = self._consumer.partitions_for_topic(topic)
         if not parts:
-            raise RuntimeError(
-                f"topic {topic} does not exist; start a worker or run `nexus-streams topics`"
-            )
+            raise RuntimeError(f"topic {topic} does not exist; start a worker or run `nexus-streams topics`")
         return set(parts)
 
     async def send(self, topic: str, key: str, payload: dict[str, Any]) -> None:

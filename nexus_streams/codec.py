@@ -41,15 +41,11 @@ def decode_object(raw: bytes | None) -> dict[str, Any]:
         # "\ud800" is valid JSON but no Unicode text: nothing downstream could encode it
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise Undecodable(
-            "value has a lone surrogate escape (e.g. \\ud800); use valid Unicode"
-        ) from None
+        raise Undecodable("value has a lone surrogate escape (e.g. \\ud800); use valid Unicode") from None
     except ValueError as exc:
         if not isinstance(exc, json.JSONDecodeError):
             raise Undecodable(str(exc)) from None
-        raise Undecodable(
-            f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise Undecodable(f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(value, dict):
         raise Undecodable(f"value is JSON {type(value).__name__}; expected an object")
     return value

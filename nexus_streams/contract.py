@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 
 from nexus_streams import __version__
-from nexus_streams.messages import RelationshipCommand
+from nexus_streams.messages import GraphQuery, RelationshipCommand
 from nexus_streams.settings import Settings
 from nexus_streams.topics import ALL_TOPICS, Header, Partitioning, TopicSpec
 
@@ -41,18 +41,21 @@ def json_schemas() -> dict[str, dict[str, Any]]:
             out[schema_file(model.__name__)] = model.model_json_schema(
                 mode="serialization" if not spec.inbound else "validation"
             )
-    union = TypeAdapter(RelationshipCommand).json_schema()
-    union["title"] = "RelationshipCommand"
-    out[schema_file("RelationshipCommand")] = union
+    unions: tuple[tuple[str, Any], ...] = (
+        ("RelationshipCommand", RelationshipCommand),
+        ("GraphQuery", GraphQuery),
+    )
+    for name, union_type in unions:
+        union = TypeAdapter(union_type).json_schema()
+        union["title"] = name
+        out[schema_file(name)] = union
     return out
 
 
 def _headers_schema(spec: TopicSpec) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {
-            h.value: {"type": "string", "description": HEADER_DOCS[h]} for h in spec.headers
-        },
+        "properties": {h.value: {"type": "string", "description": HEADER_DOCS[h]} for h in spec.headers},
     }
 
 
@@ -60,9 +63,7 @@ def _message(model: type[BaseModel], spec: TopicSpec) -> dict[str, Any]:
     message: dict[str, Any] = {
         "name": model.__name__,
         "title": model.__name__,
-        "summary": (model.__doc__ or "").strip().splitlines()[0]
-        if model.__doc__
-        else model.__name__,
+        "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else model.__name__,
         "contentType": "application/json",
         "payload": {"$ref": schema_file(model.__name__)},
         "bindings": {"kafka": {"key": {"type": "string", "description": spec.key}}},

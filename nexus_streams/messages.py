@@ -11,22 +11,27 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-RequestId = Annotated[
-    str, Field(min_length=1, max_length=128, description="client-chosen idempotency key")
-]
+RequestId = Annotated[str, Field(min_length=1, max_length=128, description="client-chosen idempotency key")]
 Principal = Annotated[str, Field(min_length=1, max_length=256, description="who asks")]
 EntityId = Annotated[
     str,
     Field(
-        min_length=1,
-        max_length=256,
-        pattern=r"^[^\s\x00-\x1f\x7f-\x9f]+$",
-        description="entity id, e.g. `user:1`",
+        description="entity id, e.g. `user:1`: 1-256 printable characters without whitespace "
+        "(checked by the service: `invalid_entity_id`); the part before `:` is its kind"
     ),
 ]
 NAMESPACE_REGEX = r"^[A-Za-z0-9._:-]{1,128}$"
 Namespace = Annotated[str, Field(min_length=1, max_length=128, pattern=NAMESPACE_REGEX)]
 Metadata = Annotated[dict[str, Any], Field(description="JSON object, at most 16 KiB as JSON")]
+RelType = Annotated[str, Field(description="owner | member | linked | parent | child")]
+TypeFilter = Annotated[
+    list[str] | None,
+    Field(default=None, description="relationship types to follow; all when absent"),
+]
+DirectionField = Annotated[
+    Literal["out", "in", "both"],
+    Field(description="follow relationships as written (out), backwards (in) or either way"),
+]
 
 DEFAULT_NAMESPACE = "default"
 
@@ -41,44 +46,224 @@ class Inbound(BaseModel):
     )
 
 
-class CreateRelationship(Inbound):
-    """Create one relationship. `type` is one of owner, member, linked, parent, child."""
+class Step(BaseModel):
+    """The fields of one command; as a message it also has request_id and principal."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- relationship commands ---------------------------------------------------------------------
+
+
+class CreateFields(Step):
     action: Literal["create"]
-    type: str = Field(description="owner | member | linked | parent | child")
+    type: RelType
     source: EntityId
     target: EntityId
     metadata: Metadata = Field(default_factory=dict)
-    expires_at: datetime | None = Field(default=None, description="RFC 3339; optional")
+    expires_at: datetime | None = Field(
+        default=None, description="RFC 3339; the relationship is removed then"
+    )
 
 
-class DeleteRelationship(Inbound):
-    """Delete one relationship (either direction of an inverse pair names the same one)."""
+class UpdateFields(Step):
+    action: Literal["update"]
+    type: RelType
+    source: EntityId
+    target: EntityId
+    metadata: Metadata = Field(description="replaces the metadata")
+    expected_version: int | None = Field(
+        default=None, ge=1, description="fail with concurrent_modification unless at this version"
+    )
+    expires_at: datetime | None = None
 
+
+class DeleteFields(Step):
     action: Literal["delete"]
-    type: str
+    type: RelType
     source: EntityId
     target: EntityId
 
 
+class DeleteEntityFields(Step):
+    action: Literal["delete_entity"]
+    entity: EntityId
+
+
+BatchItem = Annotated[
+    CreateFields | UpdateFields | DeleteFields | DeleteEntityFields, Field(discriminator="action")
+]
+
+
+class BatchFields(Step):
+    action: Literal["batch"]
+    commands: list[BatchItem] = Field(
+        min_length=1, description="applied in order, all or nothing (at most NEXUS_MAX_BATCH)"
+    )
+
+
+class SetSchemaFields(Step):
+    action: Literal["set_schema"]
+    schema_: dict[str, list[str]] | None = Field(
+        alias="schema",
+        description='{"owner": ["user -> wallet"], ...}; null removes the schema',
+    )
+
+
+class ExpireFields(Step):
+    """Sent by the workers themselves to remove expired relationships; harmless if repeated."""
+
+    action: Literal["expire"]
+
+
+class CreateRelationship(Inbound, CreateFields):
+    """Create one relationship."""
+
+
+class UpdateRelationship(Inbound, UpdateFields):
+    """Replace a relationship's metadata (optionally only at an expected version)."""
+
+
+class DeleteRelationship(Inbound, DeleteFields):
+    """Delete one relationship (either form of an inverse pair names the same one)."""
+
+
+class DeleteEntity(Inbound, DeleteEntityFields):
+    """Delete every relationship of an entity; one event per removed relationship."""
+
+
+class Batch(Inbound, BatchFields):
+    """Apply several commands all-or-nothing."""
+
+
+class SetSchema(Inbound, SetSchemaFields):
+    """Set or remove the namespace schema (which entity kinds may hold which relationship)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Expire(Inbound, ExpireFields):
+    """Remove the namespace's expired relationships (sent by workers on a timer)."""
+
+
 RelationshipCommand = Annotated[
-    CreateRelationship | DeleteRelationship, Field(discriminator="action")
+    CreateRelationship | UpdateRelationship | DeleteRelationship | DeleteEntity | Batch | SetSchema | Expire,
+    Field(discriminator="action"),
 ]
 RELATIONSHIP_ACTIONS: dict[str, type[Inbound]] = {
     "create": CreateRelationship,
+    "update": UpdateRelationship,
     "delete": DeleteRelationship,
+    "delete_entity": DeleteEntity,
+    "batch": Batch,
+    "set_schema": SetSchema,
+    "expire": Expire,
 }
 
 
-class GraphQuery(Inbound):
-    """A graph query; the actions and their parameters are listed in topics/README.md."""
+# -- graph queries -----------------------------------------------------------------------------
 
-    model_config = ConfigDict(frozen=True, extra="allow")
 
+class Query(Inbound):
     action: str
     min_offset: int | None = Field(
-        default=None, ge=0, description="answer only once the namespace applied this offset"
+        default=None,
+        ge=0,
+        description="answer only once the namespace's partition of the relationships topic has "
+        "been applied up to this offset (the `offset` of an earlier result): read-your-writes",
     )
+
+
+class GetRelationship(Query):
+    """One relationship with its metadata and version."""
+
+    action: Literal["get"]
+    type: RelType
+    source: EntityId
+    target: EntityId
+
+
+class FindPath(Query):
+    """The shortest path (by hops) from source to target within max_depth relationships."""
+
+    action: Literal["find_path"]
+    source: EntityId
+    target: EntityId
+    max_depth: int = Field(default=3, ge=1, le=10)
+    types: TypeFilter = None
+    direction: DirectionField = "both"
+
+
+class Traverse(Query):
+    """Every entity within max_depth of start; resource_limit if more than `limit`."""
+
+    action: Literal["traverse"]
+    start: EntityId
+    max_depth: int = Field(default=2, ge=1, le=10)
+    types: TypeFilter = None
+    direction: DirectionField = "both"
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class Neighbors(Query):
+    """The relationships of one entity (depth 1), with their metadata."""
+
+    action: Literal["neighbors"]
+    entity: EntityId
+    types: TypeFilter = None
+    direction: DirectionField = "both"
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class DetectCycles(Query):
+    """Directed cycles over `types`: reachable from `entity`, or in the whole namespace."""
+
+    action: Literal["detect_cycles"]
+    entity: EntityId | None = None
+    types: TypeFilter = None
+    max_cycles: int = Field(default=10, ge=1, le=100)
+
+
+class ResolveDependencies(Query):
+    """The dependency closure of `entity` over `types`, dependencies first."""
+
+    action: Literal["resolve_dependencies"]
+    entity: EntityId
+    types: TypeFilter = None
+
+
+class Analyze(Query):
+    """Components, degree distribution, top entities by degree and PageRank (on a snapshot)."""
+
+    action: Literal["analyze"]
+    top: int = Field(default=10, ge=1, le=100)
+    max_age_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="rebuild the snapshot if older; default NEXUS_SNAPSHOT_MAX_AGE_S",
+    )
+
+
+class Stats(Query):
+    """Counts by type, entities, relationships and degree statistics."""
+
+    action: Literal["stats"]
+
+
+GraphQuery = Annotated[
+    GetRelationship | FindPath | Traverse | Neighbors | DetectCycles | ResolveDependencies | Analyze | Stats,
+    Field(discriminator="action"),
+]
+QUERY_ACTIONS: dict[str, type[Inbound]] = {
+    "get": GetRelationship,
+    "find_path": FindPath,
+    "traverse": Traverse,
+    "neighbors": Neighbors,
+    "detect_cycles": DetectCycles,
+    "resolve_dependencies": ResolveDependencies,
+    "analyze": Analyze,
+    "stats": Stats,
+}
 
 
 class ExecutionRequest(Inbound):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from nexus_streams.domain.errors import ErrorCode
-from nexus_streams.messages import RELATIONSHIP_ACTIONS
-from nexus_streams.service import QUERY_ACTIONS, Reply
+from nexus_streams.messages import QUERY_ACTIONS, RELATIONSHIP_ACTIONS
+from nexus_streams.service import Reply
 from nexus_streams.topics import DEADLETTER, TopicSpec
 from nexus_streams.topics import Header as H
 
@@ -59,9 +59,7 @@ class Metrics:
                 reason = out.headers.get(H.ERROR_CODE.value, b"other").decode()
                 self.deadletters.labels(
                     spec.name,
-                    reason
-                    if reason in KNOWN_CODES or reason in ("undecodable", "invalid_key")
-                    else "other",
+                    reason if reason in KNOWN_CODES or reason in ("undecodable", "invalid_key") else "other",
                 ).inc()
 
     def serve(self, port: int) -> None:

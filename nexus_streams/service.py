@@ -1,32 +1,37 @@
-"""The namespace actor's logic, without Faust: one inbound message in, a `Reply` out.
+"""The namespace actor's logic, without Faust: one inbound message in, `Reply`s out.
 
-The Faust agent (streams/agents.py) feeds messages in the order of their partition, applies the
-`Reply.changes` to its changelog-backed table and publishes `Reply.outbound`. Keeping this free of
-Faust makes every outcome testable without a broker.
+The Faust agent (streams/app.py) feeds messages in partition order, writes `Reply.changes` to its
+changelog-backed tables, publishes `Reply.outbound`, and acknowledges `Reply.message` once that is
+done. Keeping this free of Faust makes every outcome testable without a broker.
+
+Three kinds of answer:
+- immediate (commands, most queries);
+- parked: a query whose `min_offset` the partition has not applied yet waits (unacknowledged)
+  until a later relationship command reaches it, or times out;
+- deferred: whole-graph analysis runs `Deferred.work` in a thread, off the event loop, and
+  `Deferred.finish` turns its outcome into the reply.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from nexus_streams.codec import (
-    Undecodable,
-    decode_object,
-    encode,
-    parse_action,
-    parse_model,
-    request_id_of,
-)
+from nexus_streams.codec import Undecodable, decode_object, parse_action, parse_model, request_id_of
+from nexus_streams.domain import algorithms, analysis
 from nexus_streams.domain.errors import (
+    BatchTooLarge,
     ErrorCode,
     NexusError,
     NotFound,
-    UnknownAction,
+    PathNotFound,
+    ResourceLimit,
+    Timeout,
     ValidationFailed,
 )
 from nexus_streams.domain.graph import (
@@ -34,73 +39,102 @@ from nexus_streams.domain.graph import (
     DomainEvent,
     Graph,
     Outcome,
-    Put,
+    RecordStore,
     plan_create,
     plan_delete,
+    plan_delete_entity,
+    plan_expire,
+    plan_update,
 )
-from nexus_streams.domain.relationships import Relationship, parse_type
+from nexus_streams.domain.index import Direction
+from nexus_streams.domain.relationships import (
+    Relationship,
+    RelationshipKey,
+    RelationType,
+    canonical_key,
+    check_endpoints,
+    check_id,
+    parse_type,
+)
+from nexus_streams.domain.schema import Schema
 from nexus_streams.messages import (
     DEFAULT_NAMESPACE,
     NAMESPACE_REGEX,
+    QUERY_ACTIONS,
     RELATIONSHIP_ACTIONS,
-    CreateRelationship,
-    DeleteRelationship,
+    Analyze,
+    Batch,
+    CreateFields,
+    DeleteEntityFields,
+    DeleteFields,
+    DetectCycles,
     ErrorBody,
     Event,
     ExecutionRequest,
-    GraphQuery,
+    Expire,
+    FindPath,
+    GetRelationship,
     Inbound,
+    Neighbors,
+    Query,
+    ResolveDependencies,
     Result,
+    SetSchema,
     SourceRef,
+    Stats,
+    Step,
+    Traverse,
+    UpdateFields,
     utcnow,
 )
-from nexus_streams.topics import (
-    DEADLETTER,
-    EVENTS,
-    EXECUTIONS,
-    QUERIES,
-    RELATIONSHIPS,
-    RESULTS,
-    Header,
-    TopicSpec,
+from nexus_streams.replies import (
+    Outbound,
+    Received,
+    deadletter_message,
+    event_message,
+    result_message,
 )
+from nexus_streams.topics import EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
 
 log = logging.getLogger(__name__)
 
 NAMESPACE_PATTERN = re.compile(NAMESPACE_REGEX.strip("^$"))
 
-QUERY_ACTIONS: tuple[str, ...] = ()
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep every answer and every step of the actor small."""
+
+    max_batch: int = 1000
+    max_delete_entity: int = 10_000
+    visit_limit: int = 100_000
+    snapshot_max_age_s: float = 30.0
+    min_offset_wait_s: float = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One message as read from Kafka."""
+@dataclass(slots=True)
+class Deferred:
+    """Work to run in a thread; `finish(value, error)` builds the replies on the event loop."""
 
-    spec: TopicSpec
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    spec: TopicSpec
-    key: bytes | None
-    value: bytes
-    headers: dict[str, bytes] = field(default_factory=dict)
+    work: Callable[[], Any]
+    finish: Callable[[Any, BaseException | None], list[Reply]]
 
 
 @dataclass(slots=True)
 class Reply:
+    #: acknowledge this message once the reply is published (None: not yet)
+    message: Received | None
     outbound: list[Outbound] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    namespace: str = DEFAULT_NAMESPACE
     #: the result to remember under its request id, for answering duplicates
     remember: Result | None = None
-    namespace: str = DEFAULT_NAMESPACE
     result: Result | None = None
+    #: a namespace schema to store (document, or None to remove)
+    schema: tuple[str, dict[str, list[str]] | None] | None = None
+    #: (partition, offset) of the relationships topic now applied
+    progress: tuple[int, int] | None = None
+    deferred: Deferred | None = None
 
 
 class RequestLog(Protocol):
@@ -109,40 +143,91 @@ class RequestLog(Protocol):
     def get(self, namespace: str, request_id: str) -> Result | None: ...
 
 
-class NamespaceService:
-    """Owns the live graphs of the namespaces this worker is assigned."""
+@dataclass(slots=True)
+class _Parked:
+    msg: Received
+    namespace: str
+    query: Query
+    min_offset: int
+    deadline: float
 
-    def __init__(self, requests: RequestLog, clock: Callable[[], datetime] = utcnow) -> None:
+
+@dataclass(slots=True)
+class _Snapshot:
+    snapshot: analysis.EdgeSnapshot
+    applied_offset: int | None
+
+
+class NamespaceService:
+    """Owns the live graphs of the namespaces whose partitions this worker is assigned."""
+
+    def __init__(
+        self,
+        requests: RequestLog,
+        records_for: Callable[[str], RecordStore],
+        limits: Limits | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.requests = requests
+        self.records_for = records_for
+        self.limits = limits or Limits()
         self.clock = clock
+        self.monotonic = monotonic
         self.graphs: dict[str, Graph] = {}
+        #: relationships-topic partition -> highest offset applied
+        self.applied: dict[int, int] = {}
+        self._parked: dict[int, list[_Parked]] = {}
+        self._snapshots: dict[str, _Snapshot] = {}
 
     def graph(self, namespace: str) -> Graph:
         graph = self.graphs.get(namespace)
         if graph is None:
-            graph = self.graphs[namespace] = Graph(namespace)
+            graph = self.graphs[namespace] = Graph(namespace, self.records_for(namespace))
         return graph
 
-    def load(self, relationships: Iterable[Relationship]) -> None:
-        """Rebuild the live graphs from the durable store (after recovery)."""
-        self.graphs.clear()
-        for rel in relationships:
-            self.graph(rel.namespace).apply([Put(rel)])
+    # -- recovery ------------------------------------------------------------------------------
 
-    def handle(self, msg: Received) -> Reply:
-        source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+    def reset(self) -> None:
+        self.graphs.clear()
+        self.applied.clear()
+        self._snapshots.clear()
+
+    def load_record(self, stored_key: str, record: dict[str, Any]) -> None:
+        namespace, key = RelationshipKey.from_stored(stored_key)
+        self.graph(namespace).load(Relationship.from_record(namespace, key, record))
+
+    def load_schema(self, namespace: str, document: dict[str, list[str]]) -> None:
+        self.graph(namespace).schema = Schema.parse(document)
+
+    def load_progress(self, partition: int, offset: int) -> None:
+        self.applied[partition] = max(offset, self.applied.get(partition, -1))
+
+    # -- the actor -----------------------------------------------------------------------------
+
+    def handle(self, msg: Received) -> list[Reply]:
+        """The replies to one message. After making those of a relationships message durable,
+        the caller asks `release_parked(partition)` for the queries that waited for it."""
+        replies = self._handle(msg)
+        if msg.spec is RELATIONSHIPS:
+            # every message of the relationships topic counts as applied, answered or not
+            self.applied[msg.partition] = max(msg.offset, self.applied.get(msg.partition, -1))
+            replies[0].progress = (msg.partition, msg.offset)
+        return replies
+
+    def _handle(self, msg: Received) -> list[Reply]:
         try:
             data = decode_object(msg.value)
         except Undecodable as exc:
-            return self._deadletter(msg, "undecodable", exc.reason)
+            return [self._deadletter(msg, "undecodable", exc.reason)]
         namespace, key_error = _namespace_of(msg.key)
-        request_id = request_id_of(data)
         if key_error is not None:
-            return self._deadletter(msg, "invalid_key", key_error)
-        if request_id is not None:
+            return [self._deadletter(msg, "invalid_key", key_error)]
+        request_id = request_id_of(data)
+        if request_id is not None and msg.spec is not QUERIES:
             previous = self.requests.get(namespace, request_id)
             if previous is not None:
-                return self._replay(previous)
+                return [Reply(msg, [result_message(previous)], namespace=namespace, result=previous)]
         action = data.get("action") if isinstance(data.get("action"), str) else None
         try:
             command = self._parse(msg.spec, data)
@@ -152,73 +237,382 @@ class NamespaceService:
                     f"{namespace!r}; leave the field out or make them equal",
                     errors=[{"field": "namespace", "message": "does not match the key"}],
                 )
-            outcome = self._dispatch(namespace, command)
         except NexusError as exc:
-            return self._error(msg, namespace, request_id, action, data, source, exc)
-        except Exception as exc:  # a bug must not kill the agent: answer and log it
-            log.exception("internal error handling %s", source)
-            internal = NexusError(
-                f"internal error: {type(exc).__name__}; the request may be retried"
-            )
-            return self._error(msg, namespace, request_id, action, data, source, internal)
-        return self._ok(namespace, command, outcome, source)
+            return [self._error(msg, namespace, request_id, action, data, exc)]
+        if isinstance(command, Query):
+            return self._query(msg, namespace, command)
+        return [self._command(msg, namespace, command, data)]
+
+    def release_overdue(self) -> list[Reply]:
+        """Answer parked queries whose wait ran out with a `timeout` error."""
+        now = self.monotonic()
+        replies = []
+        for partition, parked in self._parked.items():
+            overdue = [p for p in parked if p.deadline <= now]
+            if not overdue:
+                continue
+            self._parked[partition] = [p for p in parked if p.deadline > now]
+            for p in overdue:
+                applied = self.applied.get(partition)
+                exc = Timeout(
+                    f"min_offset {p.min_offset} not applied within {self.limits.min_offset_wait_s}s "
+                    f"(applied: {applied}); is the offset from this namespace's partition?",
+                    min_offset=p.min_offset,
+                    applied_offset=applied,
+                )
+                replies.append(self._error(p.msg, p.namespace, p.query.request_id, p.query.action, {}, exc))
+        return replies
+
+    def namespaces_due(self, now: datetime) -> list[str]:
+        """Namespaces with relationships whose expires_at has passed."""
+        at = now.timestamp()
+        return [ns for ns, g in self.graphs.items() if (n := g.next_expiry()) is not None and n <= at]
+
+    # -- commands ------------------------------------------------------------------------------
 
     def _parse(self, spec: TopicSpec, data: dict[str, Any]) -> Inbound:
         if spec is RELATIONSHIPS:
             return parse_action(RELATIONSHIP_ACTIONS, data, "relationships")
         if spec is QUERIES:
-            query = parse_model(GraphQuery, data)
-            if query.action not in QUERY_ACTIONS:
-                raise UnknownAction(
-                    f"unknown query action {query.action!r}; this version answers: "
-                    f"{', '.join(QUERY_ACTIONS) or 'none yet'}",
-                    field="action",
-                    allowed=list(QUERY_ACTIONS),
-                )
-            return query
+            return parse_action(QUERY_ACTIONS, data, "queries")
         if spec is EXECUTIONS:
             return parse_model(ExecutionRequest, data)
         raise ValueError(f"the namespace actor does not read {spec.name}")
 
-    def _dispatch(self, namespace: str, command: Inbound) -> Outcome:
+    def release_parked(self, partition: int) -> list[Reply]:
+        """Answers to the queries parked on `partition` that its applied offset now reaches.
+
+        Call it once the replies of the relationships message that moved the offset are durable:
+        the answers read the records."""
+        parked = self._parked.get(partition)
+        if not parked:
+            return []
+        applied = self.applied.get(partition, -1)
+        ready = [p for p in parked if p.min_offset <= applied]
+        if not ready:
+            return []
+        self._parked[partition] = [p for p in parked if p.min_offset > applied]
+        replies: list[Reply] = []
+        for p in ready:
+            replies += self._answer(p.msg, p.namespace, p.query)
+        return replies
+
+    def _command(self, msg: Received, namespace: str, command: Inbound, data: dict[str, Any]) -> Reply:
         graph = self.graph(namespace)
+        savepoint = graph.savepoint()
+        try:
+            outcome, schema = self._run_command(graph, command)
+            changes = graph.commit()
+        except NexusError as exc:
+            graph.rollback(savepoint)
+            return self._error(
+                msg, namespace, command.request_id, getattr(command, "action", None), data, exc
+            )
+        except Exception as exc:  # a bug must not kill the agent: answer and log it
+            graph.rollback(savepoint)
+            log.exception("internal error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            return self._error(
+                msg, namespace, command.request_id, getattr(command, "action", None), data, internal
+            )
+        reply = self._ok(msg, namespace, command, outcome)
+        reply.changes = changes
+        reply.schema = schema
+        if isinstance(command, Expire):
+            reply.outbound = reply.outbound[1:]  # a worker's own sweep: events only, no result
+        else:
+            reply.remember = reply.result
+        return reply
+
+    def _run_command(
+        self, graph: Graph, command: Inbound
+    ) -> tuple[Outcome, tuple[str, dict[str, list[str]] | None] | None]:
         now = self.clock()
-        if isinstance(command, CreateRelationship):
+        if isinstance(command, Batch):
+            if len(command.commands) > self.limits.max_batch:
+                raise BatchTooLarge(
+                    f"batch has {len(command.commands)} commands; the limit is "
+                    f"{self.limits.max_batch} (NEXUS_MAX_BATCH): split it",
+                    commands=len(command.commands),
+                    limit=self.limits.max_batch,
+                )
+            outputs: list[dict[str, Any]] = []
+            events: list[DomainEvent] = []
+            for i, step in enumerate(command.commands):
+                try:
+                    outcome = self._run_step(graph, step, now)
+                except NexusError as exc:
+                    exc.message = f"batch command {i} ({step.action}) failed, nothing applied: {exc.message}"
+                    exc.details = {"index": i, **exc.details}
+                    raise
+                outputs.append(outcome.output)
+                events += outcome.events
+            return Outcome({"results": outputs, "count": len(outputs)}, events), None
+        if isinstance(command, SetSchema):
+            if command.schema_ is None:
+                graph.schema = None
+                return Outcome({"schema": None}, [DomainEvent("schema_changed", {"schema": None})]), (
+                    graph.namespace,
+                    None,
+                )
+            schema = Schema.parse(command.schema_)
+            graph.schema = schema
+            return (
+                Outcome(
+                    {"schema": schema.document},
+                    [DomainEvent("schema_changed", {"schema": schema.document})],
+                ),
+                (graph.namespace, schema.document),
+            )
+        if isinstance(command, Expire):
+            return plan_expire(graph, now), None
+        if isinstance(command, ExecutionRequest):
+            raise NotFound(f"pattern {command.pattern_id!r} not found", pattern_id=command.pattern_id)
+        return self._run_step(graph, command, now), None
+
+    def _run_step(self, graph: Graph, step: Step | Inbound, now: datetime) -> Outcome:
+        if isinstance(step, CreateFields):
             return plan_create(
                 graph,
-                command.source,
-                parse_type(command.type),
-                command.target,
-                command.metadata,
+                step.source,
+                parse_type(step.type),
+                step.target,
+                step.metadata,
                 now,
-                command.expires_at,
+                step.expires_at,
             )
-        if isinstance(command, DeleteRelationship):
-            return plan_delete(graph, command.source, parse_type(command.type), command.target)
-        if isinstance(command, ExecutionRequest):
-            raise NotFound(
-                f"pattern {command.pattern_id!r} not found", pattern_id=command.pattern_id
+        if isinstance(step, UpdateFields):
+            return plan_update(
+                graph,
+                step.source,
+                parse_type(step.type),
+                step.target,
+                step.metadata,
+                now,
+                step.expected_version,
+                step.expires_at,
             )
-        raise UnknownAction(f"no handler for {type(command).__name__}")
+        if isinstance(step, DeleteFields):
+            return plan_delete(graph, step.source, parse_type(step.type), step.target)
+        if isinstance(step, DeleteEntityFields):
+            return plan_delete_entity(graph, step.entity, self.limits.max_delete_entity)
+        raise ValidationFailed(f"{type(step).__name__} is not a relationship command")
 
-    def _ok(self, namespace: str, command: Inbound, outcome: Outcome, source: SourceRef) -> Reply:
-        self.graph(namespace).apply(outcome.changes)
+    # -- queries -------------------------------------------------------------------------------
+
+    def _query(self, msg: Received, namespace: str, query: Query) -> list[Reply]:
+        if query.min_offset is not None and self.applied.get(msg.partition, -1) < query.min_offset:
+            self._parked.setdefault(msg.partition, []).append(
+                _Parked(
+                    msg,
+                    namespace,
+                    query,
+                    query.min_offset,
+                    self.monotonic() + self.limits.min_offset_wait_s,
+                )
+            )
+            return []
+        return self._answer(msg, namespace, query)
+
+    def _answer(self, msg: Received, namespace: str, query: Query) -> list[Reply]:
+        graph = self.graph(namespace)
+        try:
+            if isinstance(query, Analyze) or (isinstance(query, DetectCycles) and query.entity is None):
+                return [self._deferred_query(msg, graph, query)]
+            output = self._run_query(graph, query)
+        except NexusError as exc:
+            return [self._error(msg, namespace, query.request_id, query.action, {}, exc)]
+        except Exception as exc:
+            log.exception("internal error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            return [self._error(msg, namespace, query.request_id, query.action, {}, internal)]
+        return [self._ok(msg, namespace, query, Outcome(output))]
+
+    def _run_query(self, graph: Graph, query: Query) -> dict[str, Any]:
+        index = graph.index
+        limits = self.limits
+        if isinstance(query, GetRelationship):
+            return {
+                "relationship": graph.require(query.source, parse_type(query.type), query.target).to_dict()
+            }
+        if isinstance(query, FindPath):
+            check_endpoints(query.source, query.target)
+            path = algorithms.find_path(
+                index,
+                query.source,
+                query.target,
+                max_depth=query.max_depth,
+                direction=Direction(query.direction),
+                types=_types(query.types),
+                visit_limit=limits.visit_limit,
+            )
+            if path is None:
+                raise PathNotFound(
+                    f"no path from {query.source} to {query.target} within {query.max_depth} relationships",
+                    source=query.source,
+                    target=query.target,
+                    max_depth=query.max_depth,
+                )
+            return {
+                "found": True,
+                "length": len(path.relationships),
+                "path": path.entities,
+                "relationships": [self._record(graph, key) for key in path.relationships],
+            }
+        if isinstance(query, Traverse):
+            check_id(query.start, "start")
+            walk = algorithms.traverse(
+                index,
+                query.start,
+                max_depth=query.max_depth,
+                direction=Direction(query.direction),
+                types=_types(query.types),
+                limit=query.limit,
+            )
+            return {
+                "start": query.start,
+                "count": len(walk.entities),
+                "entities": [{"id": e, "depth": d} for e, d in walk.entities],
+                "relationships": [_key_dict(k) for k in walk.relationships],
+            }
+        if isinstance(query, Neighbors):
+            check_id(query.entity, "entity")
+            found = index.neighbors(query.entity, Direction(query.direction), _types(query.types))
+            if len(found) > query.limit:
+                raise ResourceLimit(
+                    f"{query.entity} has {len(found)} matching relationships; the limit is "
+                    f"{query.limit}: narrow `types`/`direction` or raise `limit`",
+                    count=len(found),
+                    limit=query.limit,
+                )
+            return {
+                "entity": query.entity,
+                "count": len(found),
+                "neighbors": [
+                    {"entity": other, "relationship": self._record(graph, key)} for other, key in found
+                ],
+            }
+        if isinstance(query, DetectCycles):
+            assert query.entity is not None
+            check_id(query.entity, "entity")
+            cycles = algorithms.detect_cycles_from(
+                index,
+                query.entity,
+                types=_types(query.types),
+                max_cycles=query.max_cycles,
+                visit_limit=limits.visit_limit,
+            )
+            return {
+                "scope": "entity",
+                "entity": query.entity,
+                "count": len(cycles),
+                "cycles": cycles,
+            }
+        if isinstance(query, ResolveDependencies):
+            check_id(query.entity, "entity")
+            order = algorithms.resolve_dependencies(
+                index, query.entity, types=_types(query.types), visit_limit=limits.visit_limit
+            )
+            return {"entity": query.entity, "count": len(order), "order": order}
+        if isinstance(query, Stats):
+            return self._stats(graph)
+        raise ValidationFailed(f"no handler for query {type(query).__name__}")
+
+    def _deferred_query(self, msg: Received, graph: Graph, query: Query) -> Reply:
+        namespace = graph.namespace
+        if isinstance(query, DetectCycles):
+            _types(query.types)  # validate before going off the loop
+        max_age_s = (
+            query.max_age_ms / 1000
+            if isinstance(query, Analyze) and query.max_age_ms is not None
+            else self.limits.snapshot_max_age_s
+        )
+        cached = self._snapshots.get(namespace)
+        fresh = cached is not None and self.monotonic() - cached.snapshot.taken_at_monotonic <= max_age_s
+        index = graph.index
+        applied = self.applied.get(msg.partition)
+
+        def work() -> tuple[analysis.EdgeSnapshot, dict[str, Any]]:
+            snap = cached.snapshot if fresh and cached is not None else analysis.capture(index)
+            if isinstance(query, Analyze):
+                return snap, analysis.analyze(snap, top=query.top)
+            assert isinstance(query, DetectCycles)
+            cycles = analysis.detect_cycles_all(snap, types=_types(query.types), max_cycles=query.max_cycles)
+            return snap, {"scope": "namespace", "count": len(cycles), "cycles": cycles}
+
+        def finish(value: Any, error: BaseException | None) -> list[Reply]:
+            if error is not None:
+                if isinstance(error, NexusError):
+                    return [self._error(msg, namespace, query.request_id, query.action, {}, error)]
+                log.error("analysis failed: %r", error)
+                internal = NexusError(f"internal error: {type(error).__name__}; the request may be retried")
+                return [self._error(msg, namespace, query.request_id, query.action, {}, internal)]
+            snap, output = value
+            if not (fresh and cached is not None):
+                self._snapshots[namespace] = _Snapshot(snap, applied)
+            taken = self._snapshots[namespace]
+            output["snapshot"] = {
+                "age_ms": round((self.monotonic() - snap.taken_at_monotonic) * 1000, 1),
+                "relationships": snap.relationship_count,
+                "applied_offset": taken.applied_offset if snap is taken.snapshot else applied,
+            }
+            return [self._ok(msg, namespace, query, Outcome(output))]
+
+        return Reply(None, namespace=namespace, deferred=Deferred(work, finish))
+
+    def _stats(self, graph: Graph) -> dict[str, Any]:
+        index = graph.index
+        histogram = index.degree_histogram()
+        entities = index.entity_count
+        degree: dict[str, Any] = {"min": 0, "max": 0, "mean": 0.0, "median": 0}
+        if histogram:
+            degrees = sorted(histogram)
+            half, seen, median = (entities + 1) // 2, 0, degrees[0]
+            for d in degrees:
+                seen += histogram[d]
+                if seen >= half:
+                    median = d
+                    break
+            degree = {
+                "min": degrees[0],
+                "max": degrees[-1],
+                "mean": round(2 * len(index) / entities, 3),
+                "median": median,
+            }
+        return {
+            "namespace": graph.namespace,
+            "relationships": len(index),
+            "entities": entities,
+            "by_type": index.counts_by_type(),
+            "degree": degree,
+            "schema": graph.schema.document if graph.schema else None,
+        }
+
+    def _record(self, graph: Graph, key: RelationshipKey) -> dict[str, Any]:
+        rel = graph.get(key)
+        return rel.to_dict() if rel is not None else _key_dict(key)
+
+    # -- replies -------------------------------------------------------------------------------
+
+    def _ok(self, msg: Received, namespace: str, command: Inbound, outcome: Outcome) -> Reply:
         now = self.clock()
+        source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+        offset = msg.offset if msg.spec is RELATIONSHIPS else self.applied.get(msg.partition)
+        action = getattr(command, "action", "execute")
         result = Result(
             request_id=command.request_id,
             namespace=namespace,
-            action=getattr(command, "action", "execute"),
+            action=action,
             status="ok",
             output=outcome.output,
-            offset=source.offset,
+            offset=offset,
             source=source,
             processed_at=now,
         )
-        reply = Reply(changes=outcome.changes, remember=result, namespace=namespace, result=result)
-        reply.outbound.append(_result_message(result))
+        reply = Reply(msg, [result_message(result)], namespace=namespace, result=result)
         for event in outcome.events:
             reply.outbound.append(
-                _event_message(_event(event, namespace, now, command.request_id, command.principal))
+                event_message(_event(event, namespace, now, command.request_id, command.principal))
             )
         return reply
 
@@ -229,18 +623,19 @@ class NamespaceService:
         request_id: str | None,
         action: str | None,
         data: dict[str, Any],
-        source: SourceRef,
         exc: NexusError,
     ) -> Reply:
         now = self.clock()
+        source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
         body = ErrorBody.model_validate(exc.to_dict())
+        offset = msg.offset if msg.spec is RELATIONSHIPS else self.applied.get(msg.partition)
         result = Result(
             request_id=request_id,
             namespace=namespace,
             action=action,
             status="error",
             error=body,
-            offset=source.offset,
+            offset=offset,
             source=source,
             processed_at=now,
         )
@@ -254,25 +649,25 @@ class NamespaceService:
             error=body,
             data={"action": action, "source": source.model_dump()},
         )
-        reply = Reply(namespace=namespace, result=result)
-        reply.outbound += [_result_message(result), _event_message(event)]
+        reply = Reply(msg, [result_message(result), event_message(event)], namespace=namespace, result=result)
         if request_id is None:
             # nobody can await a result without a request id: keep the message itself too
-            reply.outbound.append(_deadletter_message(msg, exc.code.value, exc.message))
-        elif exc.code is not ErrorCode.INTERNAL_ERROR:
+            reply.outbound.append(deadletter_message(msg, exc.code.value, exc.message))
+        elif exc.code is not ErrorCode.INTERNAL_ERROR and msg.spec is not QUERIES:
             reply.remember = result  # a failure of ours is not remembered: a retry runs again
         return reply
 
-    def _replay(self, previous: Result) -> Reply:
-        return Reply(
-            outbound=[_result_message(previous)], namespace=previous.namespace, result=previous
-        )
-
     def _deadletter(self, msg: Received, code: str, reason: str) -> Reply:
-        log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, code, reason
-        )
-        return Reply(outbound=[_deadletter_message(msg, code, reason)])
+        log.warning("dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, code, reason)
+        return Reply(msg, [deadletter_message(msg, code, reason)])
+
+
+def _types(names: list[str] | None) -> list[RelationType] | None:
+    return None if names is None else [parse_type(n) for n in names]
+
+
+def _key_dict(key: RelationshipKey) -> dict[str, str]:
+    return {"source": key.source, "type": key.type.value, "target": key.target}
 
 
 def _namespace_of(key: bytes | None) -> tuple[str, str | None]:
@@ -290,9 +685,7 @@ def _namespace_of(key: bytes | None) -> tuple[str, str | None]:
     return namespace, None
 
 
-def _event(
-    event: DomainEvent, namespace: str, now: datetime, request_id: str, principal: str
-) -> Event:
+def _event(event: DomainEvent, namespace: str, now: datetime, request_id: str, principal: str) -> Event:
     return Event(
         type=event.type,
         namespace=namespace,
@@ -304,32 +697,4 @@ def _event(
     )
 
 
-def _result_message(result: Result) -> Outbound:
-    headers = {
-        Header.STATUS.value: result.status.encode(),
-        Header.NAMESPACE.value: result.namespace.encode(),
-    }
-    if result.request_id is not None:
-        headers[Header.REQUEST_ID.value] = result.request_id.encode()
-    return Outbound(RESULTS, result.namespace.encode(), encode(result), headers)
-
-
-def _event_message(event: Event) -> Outbound:
-    headers = {
-        Header.EVENT_TYPE.value: event.type.encode(),
-        Header.NAMESPACE.value: event.namespace.encode(),
-    }
-    if event.pattern_id is not None:
-        headers[Header.PATTERN_ID.value] = event.pattern_id.encode()
-    return Outbound(EVENTS, event.namespace.encode(), encode(event), headers)
-
-
-def _deadletter_message(msg: Received, code: str, reason: str) -> Outbound:
-    headers = {
-        Header.ERROR_CODE.value: code.encode(),
-        Header.ERROR_REASON.value: reason.encode()[:1024],
-        Header.SOURCE_TOPIC.value: msg.topic.encode(),
-        Header.SOURCE_PARTITION.value: str(msg.partition).encode(),
-        Header.SOURCE_OFFSET.value: str(msg.offset).encode(),
-    }
-    return Outbound(DEADLETTER, msg.key, msg.value or b"", headers)
+__all__ = ["Deferred", "Limits", "NamespaceService", "Received", "Reply", "canonical_key"]

@@ -13,9 +13,7 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = Field(default="127.0.0.1:19092", description="host:port[,host:port]")
     redis_url: str = "redis://127.0.0.1:16379/0"
-    app_id: str = Field(
-        default="nexus-streams", description="Kafka consumer group and table topic prefix"
-    )
+    app_id: str = Field(default="nexus-streams", description="Kafka consumer group and table topic prefix")
     topic_prefix: str = Field(default="nexus.", description="prefix of every public topic")
     partitions: int = Field(
         default=8, ge=1, description="partitions of the co-partitioned input topics and tables"
@@ -30,6 +28,20 @@ class Settings(BaseSettings):
         default=10.0, ge=6.0, description="a worker silent this long loses its partitions"
     )
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    max_batch: int = Field(default=1000, ge=1, description="commands in one batch")
+    max_delete_entity: int = Field(
+        default=10_000, ge=1, description="relationships one delete_entity may remove"
+    )
+    visit_limit: int = Field(default=100_000, ge=100, description="entities one bounded traversal may visit")
+    snapshot_max_age_s: float = Field(
+        default=30.0, ge=0, description="analysis reuses an igraph snapshot up to this age"
+    )
+    min_offset_wait_s: float = Field(
+        default=30.0, gt=0, description="how long a query waits for its min_offset"
+    )
+    maintenance_interval_s: float = Field(
+        default=1.0, gt=0, description="how often expiry and overdue queries are checked"
+    )
     web_port: int = Field(default=6066, description="Faust's web server port")
     web_enabled: bool = False
     metrics_port: int = Field(default=9464, description="Prometheus /metrics port; 0 disables")

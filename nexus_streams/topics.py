@@ -12,12 +12,11 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from nexus_streams.messages import (
-    CreateRelationship,
+    QUERY_ACTIONS,
+    RELATIONSHIP_ACTIONS,
     DeadLetter,
-    DeleteRelationship,
     Event,
     ExecutionRequest,
-    GraphQuery,
     PatternCommand,
     Result,
 )
@@ -63,16 +62,16 @@ RELATIONSHIPS = TopicSpec(
     key="namespace (UTF-8); a missing key means `default`",
     partitioning=Partitioning.NAMESPACE,
     cleanup_policy="delete",
-    description="Relationship commands: create, delete (update, delete_entity, batch follow).",
-    messages=(CreateRelationship, DeleteRelationship),
+    description="Relationship commands: " + ", ".join(RELATIONSHIP_ACTIONS) + ".",
+    messages=tuple(RELATIONSHIP_ACTIONS.values()),
 )
 QUERIES = TopicSpec(
     name="queries",
     key="namespace (UTF-8); a missing key means `default`",
     partitioning=Partitioning.NAMESPACE,
     cleanup_policy="delete",
-    description="Graph queries, answered on the results topic.",
-    messages=(GraphQuery,),
+    description="Graph queries (" + ", ".join(QUERY_ACTIONS) + "), answered on the results topic.",
+    messages=tuple(QUERY_ACTIONS.values()),
 )
 EXECUTIONS = TopicSpec(
     name="executions",

@@ -15,8 +15,18 @@ class ErrorCode(StrEnum):
     UNKNOWN_ACTION = "unknown_action"
     #: `type` names no relationship type
     UNKNOWN_RELATIONSHIP_TYPE = "unknown_relationship_type"
-    #: a relationship breaks a rule (e.g. source equals target, ids or metadata too large)
+    #: a relationship breaks a rule not covered by a more specific code
     INVALID_RELATIONSHIP = "invalid_relationship"
+    #: source and target are the same entity
+    SELF_RELATIONSHIP = "self_relationship"
+    #: an entity id is empty, too long, or has whitespace or control characters
+    INVALID_ENTITY_ID = "invalid_entity_id"
+    #: metadata is larger than its limit
+    METADATA_TOO_LARGE = "metadata_too_large"
+    #: a batch has more commands than its limit
+    BATCH_TOO_LARGE = "batch_too_large"
+    #: the namespace schema does not allow this relationship between these entity kinds
+    SCHEMA_VIOLATION = "schema_violation"
     #: the relationship exists already
     DUPLICATE_RELATIONSHIP = "duplicate_relationship"
     #: the thing asked for does not exist
@@ -71,6 +81,30 @@ class InvalidRelationship(NexusError):
     code = ErrorCode.INVALID_RELATIONSHIP
 
 
+class SelfRelationship(NexusError):
+    code = ErrorCode.SELF_RELATIONSHIP
+
+
+class InvalidEntityId(NexusError):
+    code = ErrorCode.INVALID_ENTITY_ID
+
+
+class MetadataTooLarge(NexusError):
+    code = ErrorCode.METADATA_TOO_LARGE
+
+
+class BatchTooLarge(NexusError):
+    code = ErrorCode.BATCH_TOO_LARGE
+
+
+class SchemaViolation(NexusError):
+    code = ErrorCode.SCHEMA_VIOLATION
+
+
+class ConcurrentModification(NexusError):
+    code = ErrorCode.CONCURRENT_MODIFICATION
+
+
 class DuplicateRelationship(NexusError):
     code = ErrorCode.DUPLICATE_RELATIONSHIP
 
@@ -85,6 +119,10 @@ class CycleDetected(NexusError):
 
 class PathNotFound(NexusError):
     code = ErrorCode.PATH_NOT_FOUND
+
+
+class Timeout(NexusError):
+    code = ErrorCode.TIMEOUT
 
 
 class ResourceLimit(NexusError):

@@ -1,27 +1,45 @@
-"""The live graph of one namespace: relationships by key plus an adjacency index for traversals.
+"""The graph of one namespace and the relationship commands that change it.
 
-Commands are planned against the graph without touching it (`plan_create`, `plan_delete`) and
-return an `Outcome`: the changes to apply, the events they cause and the output to answer with.
-The caller applies the changes to the graph and to its durable store, so that a failed plan
-changes nothing and a transaction can stage several plans before applying any.
+`Graph` = the live `GraphIndex` (topology) + the durable records (a `RecordStore`, in the worker
+a changelog-backed table) + the namespace's schema and expiry schedule.
+
+Commands change the graph inside a unit of work: `savepoint()`, then any number of `plan_*`
+calls, then either `commit()` (returns the `Change`s the caller must make durable) or
+`rollback(savepoint)` (restores the index exactly). A batch is all-or-nothing this way, and a
+failed command changes nothing.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import heapq
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from nexus_streams.domain.errors import DuplicateRelationship, NotFound
+from nexus_streams.domain.errors import (
+    ConcurrentModification,
+    CycleDetected,
+    DuplicateRelationship,
+    NotFound,
+    ResourceLimit,
+    SchemaViolation,
+)
+from nexus_streams.domain.index import Direction, GraphIndex
 from nexus_streams.domain.relationships import (
     Relationship,
     RelationshipKey,
     RelationType,
     canonical_key,
     check_endpoints,
+    check_id,
     check_metadata,
 )
+from nexus_streams.domain.schema import Schema
+
+#: a parent/child cycle check visits at most this many entities
+HIERARCHY_VISIT_LIMIT = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +57,7 @@ Change = Put | Remove
 
 @dataclass(frozen=True, slots=True)
 class DomainEvent:
-    """Something that happened, published on the events topic once its change is applied."""
+    """Something that happened, published on the events topic once its change is durable."""
 
     type: str
     data: dict[str, Any]
@@ -48,76 +66,184 @@ class DomainEvent:
 @dataclass(slots=True)
 class Outcome:
     output: dict[str, Any]
-    changes: list[Change] = field(default_factory=list)
     events: list[DomainEvent] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
 
 
-class Graph:
-    """Relationships of one namespace and their adjacency, in both directions."""
+class RecordStore(Protocol):
+    """Durable relationship records of one namespace (the worker's changelog-backed table)."""
 
-    __slots__ = ("namespace", "_relationships", "_out", "_in")
+    def get(self, key: RelationshipKey) -> Relationship | None: ...
 
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self._relationships: dict[RelationshipKey, Relationship] = {}
-        self._out: defaultdict[str, defaultdict[RelationType, set[str]]] = defaultdict(
-            lambda: defaultdict(set)
-        )
-        self._in: defaultdict[str, defaultdict[RelationType, set[str]]] = defaultdict(
-            lambda: defaultdict(set)
-        )
 
-    def __len__(self) -> int:
-        return len(self._relationships)
+class MemoryRecords:
+    """A RecordStore in a dict, for tests and tools."""
 
-    def __contains__(self, key: RelationshipKey) -> bool:
-        return key in self._relationships
+    def __init__(self) -> None:
+        self.data: dict[RelationshipKey, Relationship] = {}
 
     def get(self, key: RelationshipKey) -> Relationship | None:
-        return self._relationships.get(key)
+        return self.data.get(key)
 
-    def relationships(self) -> list[Relationship]:
-        return list(self._relationships.values())
-
-    def targets(self, source: str, type_: RelationType) -> set[str]:
-        """Entities that `source` points at with `type_` (canonical direction)."""
-        by_type = self._out.get(source)
-        return set(by_type.get(type_, ())) if by_type else set()
-
-    def sources(self, target: str, type_: RelationType) -> set[str]:
-        """Entities that point at `target` with `type_` (canonical direction)."""
-        by_type = self._in.get(target)
-        return set(by_type.get(type_, ())) if by_type else set()
-
-    def apply(self, changes: list[Change]) -> None:
+    def apply(self, changes: Iterable[Change]) -> None:
         for change in changes:
             rel = change.relationship
             if isinstance(change, Put):
-                self._relationships[rel.key] = rel
-                self._out[rel.source][rel.type].add(rel.target)
-                self._in[rel.target][rel.type].add(rel.source)
+                self.data[rel.key] = rel
             else:
-                self._relationships.pop(rel.key, None)
-                _discard(self._out, rel.source, rel.type, rel.target)
-                _discard(self._in, rel.target, rel.type, rel.source)
+                self.data.pop(rel.key, None)
 
 
-def _discard(
-    index: defaultdict[str, defaultdict[RelationType, set[str]]],
-    node: str,
-    type_: RelationType,
-    other: str,
-) -> None:
-    by_type = index.get(node)
-    if by_type is None:
+_MISSING = object()
+
+
+class Graph:
+    """One namespace: index, records, schema, expiry schedule, and the open unit of work."""
+
+    def __init__(self, namespace: str, records: RecordStore) -> None:
+        self.namespace = namespace
+        self.index = GraphIndex()
+        self.records = records
+        self.schema: Schema | None = None
+        #: (expires_at timestamp, key); stale entries are skipped when popped
+        self._expiry: list[tuple[float, RelationshipKey]] = []
+        #: records written in the open unit of work (None: removed)
+        self._pending: dict[RelationshipKey, Relationship | None] = {}
+        #: how to undo the open unit of work: (key, previous pending value or _MISSING, was in index)
+        self._undo: list[tuple[RelationshipKey, object, bool]] = []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, key: RelationshipKey) -> Relationship | None:
+        if key in self._pending:
+            return self._pending[key]
+        if not self.index.has(key):
+            return None
+        return self.records.get(key)
+
+    def require(self, source: str, type_: RelationType, target: str) -> Relationship:
+        check_endpoints(source, target)
+        rel = self.get(canonical_key(source, type_, target))
+        if rel is None:
+            raise NotFound(
+                f"no relationship {source} {type_.value} {target} in namespace {self.namespace!r}",
+                source=source,
+                type=type_.value,
+                target=target,
+            )
+        return rel
+
+    # -- the unit of work ----------------------------------------------------------------------
+
+    def savepoint(self) -> int:
+        return len(self._undo)
+
+    def rollback(self, savepoint: int = 0) -> None:
+        while len(self._undo) > savepoint:
+            key, previous, was_indexed = self._undo.pop()
+            if was_indexed:
+                self.index.add(key)
+            else:
+                self.index.remove(key)
+            if previous is _MISSING:
+                self._pending.pop(key, None)
+            else:
+                self._pending[key] = previous  # type: ignore[assignment]
+
+    def commit(self) -> list[Change]:
+        """Close the unit of work; return what the caller must write to the durable store."""
+        changes: list[Change] = []
+        for key, rel in self._pending.items():
+            if rel is not None:
+                changes.append(Put(rel))
+                if rel.expires_at is not None:
+                    heapq.heappush(self._expiry, (rel.expires_at.timestamp(), key))
+            else:
+                previous = self.records.get(key)
+                if previous is not None:
+                    changes.append(Remove(previous))
+        self._pending.clear()
+        self._undo.clear()
+        return changes
+
+    def _write(self, key: RelationshipKey, rel: Relationship | None) -> None:
+        self._undo.append((key, self._pending.get(key, _MISSING), self.index.has(key)))
+        self._pending[key] = rel
+        if rel is None:
+            self.index.remove(key)
+        else:
+            self.index.add(key)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def load(self, rel: Relationship) -> None:
+        """Index a record read back from the durable store (no unit of work)."""
+        self.index.add(rel.key)
+        if rel.expires_at is not None:
+            heapq.heappush(self._expiry, (rel.expires_at.timestamp(), rel.key))
+
+    def unload(self, key: RelationshipKey) -> None:
+        self.index.remove(key)
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    def next_expiry(self) -> float | None:
+        return self._expiry[0][0] if self._expiry else None
+
+    def due(self, now: datetime) -> list[Relationship]:
+        """Relationships whose expires_at has passed (each at most once)."""
+        limit = now.timestamp()
+        found: list[Relationship] = []
+        while self._expiry and self._expiry[0][0] <= limit:
+            at, key = heapq.heappop(self._expiry)
+            rel = self.get(key)
+            if rel is not None and rel.expires_at is not None and rel.expires_at.timestamp() == at:
+                found.append(rel)
+        return found
+
+
+# -- planning: validate, then write into the open unit of work --------------------------------
+
+
+def _check_schema(graph: Graph, source: str, type_: RelationType, target: str) -> None:
+    if graph.schema is None:
         return
-    peers = by_type.get(type_)
-    if peers is not None:
-        peers.discard(other)
-        if not peers:
-            del by_type[type_]
-    if not by_type:
-        del index[node]
+    problem = graph.schema.violation(source, type_, target)
+    if problem is not None:
+        raise SchemaViolation(problem, source=source, type=type_.value, target=target)
+
+
+def _hierarchy_cycle(graph: Graph, parent: str, child: str) -> list[str] | None:
+    """The cycle that `parent parent child` would close, if any: a parent path child -> parent."""
+    index = graph.index
+    if parent not in index or child not in index:
+        return None
+    came_from: dict[str, str | None] = {child: None}
+    frontier: deque[str] = deque([child])
+    while frontier:
+        node = frontier.popleft()
+        for nxt, _ in index.neighbors(node, Direction.OUT, (RelationType.PARENT,)):
+            if nxt in came_from:
+                continue
+            came_from[nxt] = node
+            if nxt == parent:
+                path = [nxt]
+                back: str | None = node
+                while back is not None:
+                    path.append(back)
+                    back = came_from[back]
+                path.reverse()  # child ... parent
+                return [parent, *path]
+            if len(came_from) > HIERARCHY_VISIT_LIMIT:
+                raise ResourceLimit(
+                    f"checking the hierarchy for a cycle visited more than {HIERARCHY_VISIT_LIMIT} entities",
+                    limit=HIERARCHY_VISIT_LIMIT,
+                )
+            frontier.append(nxt)
+    return None
 
 
 def plan_create(
@@ -131,14 +257,23 @@ def plan_create(
 ) -> Outcome:
     check_endpoints(source, target)
     check_metadata(metadata)
+    _check_schema(graph, source, type_, target)
     key = canonical_key(source, type_, target)
-    if key in graph:
+    if graph.get(key) is not None:
         raise DuplicateRelationship(
             f"{source} {type_.value} {target} exists already; use `update` to change its metadata",
             source=source,
             type=type_.value,
             target=target,
         )
+    if key.type is RelationType.PARENT:
+        cycle = _hierarchy_cycle(graph, key.source, key.target)
+        if cycle is not None:
+            raise CycleDetected(
+                f"{key.source} parent {key.target} would close a cycle in the hierarchy: "
+                + " -> ".join(cycle),
+                cycle=cycle,
+            )
     rel = Relationship(
         namespace=graph.namespace,
         source=key.source,
@@ -150,27 +285,74 @@ def plan_create(
         updated_at=now,
         expires_at=expires_at,
     )
+    graph._write(key, rel)
     data = rel.to_dict()
+    return Outcome({"relationship": data}, [DomainEvent("relationship_created", {"relationship": data})])
+
+
+def plan_update(
+    graph: Graph,
+    source: str,
+    type_: RelationType,
+    target: str,
+    metadata: dict[str, Any],
+    now: datetime,
+    expected_version: int | None = None,
+    expires_at: datetime | None = None,
+) -> Outcome:
+    check_metadata(metadata)
+    rel = graph.require(source, type_, target)
+    if expected_version is not None and expected_version != rel.version:
+        raise ConcurrentModification(
+            f"{source} {type_.value} {target} is at version {rel.version}, not "
+            f"{expected_version}; read it again and retry",
+            expected_version=expected_version,
+            actual_version=rel.version,
+        )
+    updated = rel.evolve(
+        metadata=metadata,
+        version=rel.version + 1,
+        updated_at=now,
+        expires_at=expires_at if expires_at is not None else rel.expires_at,
+    )
+    graph._write(rel.key, updated)
+    data = updated.to_dict()
     return Outcome(
-        output={"relationship": data},
-        changes=[Put(rel)],
-        events=[DomainEvent("relationship_created", {"relationship": data})],
+        {"relationship": data},
+        [DomainEvent("relationship_updated", {"relationship": data, "previous_version": rel.version})],
     )
 
 
 def plan_delete(graph: Graph, source: str, type_: RelationType, target: str) -> Outcome:
-    check_endpoints(source, target)
-    rel = graph.get(canonical_key(source, type_, target))
-    if rel is None:
-        raise NotFound(
-            f"no relationship {source} {type_.value} {target} in namespace {graph.namespace!r}",
-            source=source,
-            type=type_.value,
-            target=target,
-        )
+    rel = graph.require(source, type_, target)
+    graph._write(rel.key, None)
     data = rel.to_dict()
-    return Outcome(
-        output={"relationship": data},
-        changes=[Remove(rel)],
-        events=[DomainEvent("relationship_deleted", {"relationship": data})],
-    )
+    return Outcome({"relationship": data}, [DomainEvent("relationship_deleted", {"relationship": data})])
+
+
+def plan_delete_entity(graph: Graph, entity: str, limit: int) -> Outcome:
+    check_id(entity, "entity")
+    keys = graph.index.edges_of(entity)
+    if len(keys) > limit:
+        raise ResourceLimit(
+            f"{entity} has {len(keys)} relationships; delete_entity removes at most {limit} "
+            "in one command (delete some first, or raise NEXUS_MAX_DELETE_ENTITY)",
+            relationships=len(keys),
+            limit=limit,
+        )
+    events = []
+    for key in keys:
+        rel = graph.get(key)
+        if rel is None:  # pragma: no cover - the index and the records agree
+            continue
+        graph._write(key, None)
+        events.append(DomainEvent("relationship_deleted", {"relationship": rel.to_dict()}))
+    return Outcome({"entity": entity, "deleted": len(events)}, events)
+
+
+def plan_expire(graph: Graph, now: datetime) -> Outcome:
+    events = []
+    for rel in graph.due(now):
+        graph._write(rel.key, None)
+        events.append(DomainEvent("relationship_expired", {"relationship": rel.to_dict()}))
+    return Outcome({"expired": len(events)}, events)

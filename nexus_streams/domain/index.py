@@ -251,6 +251,16 @@ class GraphIndex:
     def in_array(self, node: int) -> array[int] | None:
         return self._in[node]
 
+    def adjacency_lists(
+        self,
+    ) -> tuple[list[str | None], list[array[int] | None], list[array[int] | None]]:
+        """The live name, out-array and in-array lists, indexed by node number (None: free).
+
+        For the algorithms and snapshots of this package, which index them directly instead of
+        paying a method call per node: read them, never mutate them.
+        """
+        return self._names, self._out, self._in
+
     @property
     def node_capacity(self) -> int:
         """Upper bound (exclusive) of node numbers; freed numbers are reused."""

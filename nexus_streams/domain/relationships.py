@@ -9,12 +9,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from nexus_streams.domain.errors import InvalidRelationship, UnknownRelationshipType
+from nexus_streams.domain.errors import (
+    InvalidEntityId,
+    MetadataTooLarge,
+    SelfRelationship,
+    UnknownRelationshipType,
+)
 
 #: ids of entities: printable, no whitespace or control characters (C0, DEL, C1)
 ID_PATTERN = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+")
 MAX_ID_CHARS = 256
 MAX_METADATA_BYTES = 16 * 1024
+#: separates the parts of a stored key; ids cannot contain it (no control characters)
+SEP = "\x1f"
 
 
 class RelationType(StrEnum):
@@ -41,7 +48,12 @@ class RelationshipKey:
     target: str
 
     def as_stored(self, namespace: str) -> str:
-        return "\x1f".join((namespace, self.type.value, self.source, self.target))
+        return SEP.join((namespace, self.type.value, self.source, self.target))
+
+    @classmethod
+    def from_stored(cls, stored: str) -> tuple[str, RelationshipKey]:
+        namespace, type_, source, target = stored.split(SEP)
+        return namespace, cls(source, RelationType(type_), target)
 
 
 def parse_type(value: str) -> RelationType:
@@ -66,7 +78,7 @@ def canonical_key(source: str, type_: RelationType, target: str) -> Relationship
 
 def check_id(value: str, field_name: str) -> None:
     if not value or len(value) > MAX_ID_CHARS or not ID_PATTERN.fullmatch(value):
-        raise InvalidRelationship(
+        raise InvalidEntityId(
             f"{field_name} must be 1 to {MAX_ID_CHARS} printable characters without whitespace",
             field=field_name,
         )
@@ -75,7 +87,7 @@ def check_id(value: str, field_name: str) -> None:
 def check_metadata(metadata: dict[str, Any]) -> None:
     size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
     if size > MAX_METADATA_BYTES:
-        raise InvalidRelationship(
+        raise MetadataTooLarge(
             f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
             field="metadata",
             size_bytes=size,
@@ -87,7 +99,7 @@ def check_endpoints(source: str, target: str) -> None:
     check_id(source, "source")
     check_id(target, "target")
     if source == target:
-        raise InvalidRelationship(
+        raise SelfRelationship(
             f"a relationship needs two different entities; source and target are both {source!r}",
             field="target",
         )
@@ -136,6 +148,28 @@ class Relationship:
             created_at=_parse(data.get("created_at")),
             updated_at=_parse(data.get("updated_at")),
             expires_at=_parse(data.get("expires_at")),
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """The stored value; the identity (namespace, type, source, target) is the key."""
+        record: dict[str, Any] = {"v": self.version, "m": self.metadata}
+        for name, value in (("c", self.created_at), ("u", self.updated_at), ("e", self.expires_at)):
+            if value is not None:
+                record[name] = _iso(value)
+        return record
+
+    @classmethod
+    def from_record(cls, namespace: str, key: RelationshipKey, record: dict[str, Any]) -> Relationship:
+        return cls(
+            namespace=namespace,
+            source=key.source,
+            type=key.type,
+            target=key.target,
+            metadata=record.get("m") or {},
+            version=int(record.get("v", 1)),
+            created_at=_parse(record.get("c")),
+            updated_at=_parse(record.get("u")),
+            expires_at=_parse(record.get("e")),
         )
 
     def evolve(self, **changes: Any) -> Relationship:

@@ -53,10 +53,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
                 raise TimeoutError(f"topics not visible after {timeout_s}s: {absent}")
             await asyncio.sleep(0.2)
         for name, spec in wanted.items():
-            if (
-                spec.partitioning is Partitioning.NAMESPACE
-                and existing[name] != settings.partitions
-            ):
+            if spec.partitioning is Partitioning.NAMESPACE and existing[name] != settings.partitions:
                 raise TopicMismatch(
                     f"topic {name} has {existing[name]} partitions but NEXUS_PARTITIONS is "
                     f"{settings.partitions}; the namespace topics must be co-partitioned"

@@ -1,27 +1,29 @@
-"""create_app(settings) -> faust.App: topics, tables and the namespace agent. Nothing at import."""
+"""create_app(settings) -> faust.App: topics, tables and the namespace agent. Nothing at import.
+
+The agent acknowledges each message itself (`stream.noack()`), after its outcome is published:
+parked and deferred queries stay unacknowledged until answered, so a crash redelivers them
+instead of losing them (Faust commits up to the first unacknowledged offset of a partition).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import EventT
 
 from nexus_streams.domain.graph import Put
-from nexus_streams.domain.relationships import Relationship
+from nexus_streams.domain.relationships import Relationship, RelationshipKey
 from nexus_streams.messages import Result
 from nexus_streams.metrics import Metrics
-from nexus_streams.service import NamespaceService, Received
+from nexus_streams.replies import Outbound, Received
+from nexus_streams.service import Limits, NamespaceService, Reply
 from nexus_streams.settings import Settings
-from nexus_streams.topics import (
-    ALL_TOPICS,
-    EXECUTIONS,
-    QUERIES,
-    RELATIONSHIPS,
-    TopicSpec,
-)
+from nexus_streams.topics import ALL_TOPICS, EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,188 @@ class TableRequestLog:
         self.table[f"{result.namespace}{SEP}{result.request_id}"] = result.model_dump(mode="json")
 
 
+class TableRecords:
+    """The relationship records of one namespace, in the changelog-backed `relationships` table."""
+
+    def __init__(self, table: Any, namespace: str) -> None:
+        self.table = table
+        self.namespace = namespace
+
+    def get(self, key: RelationshipKey) -> Relationship | None:
+        record = self.table.get(key.as_stored(self.namespace))
+        return None if record is None else Relationship.from_record(self.namespace, key, record)
+
+
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_batch=settings.max_batch,
+        max_delete_entity=settings.max_delete_entity,
+        visit_limit=settings.visit_limit,
+        snapshot_max_age_s=settings.snapshot_max_age_s,
+        min_offset_wait_s=settings.min_offset_wait_s,
+    )
+
+
+class Tables:
+    """The changelog-backed tables of the namespace actor."""
+
+    def __init__(self, app: faust.App, partitions: int) -> None:
+        def table(name: str, help_: str) -> Any:
+            return app.Table(name, default=None, partitions=partitions, help=help_)
+
+        self.relationships = table("relationships", "relationship records by namespace/type/source/target")
+        self.requests = table("requests", "results by namespace/request_id, for idempotent redelivery")
+        self.schemas = table("schemas", "namespace schemas by namespace")
+        self.progress = table("progress", "highest applied offset of the relationships topic, by partition")
+
+
+class NamespaceActor:
+    """Glue between Faust and `NamespaceService`: feed it messages, make its replies durable."""
+
+    def __init__(self, app: faust.App, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.topics: dict[TopicSpec, faust.TopicT] = {
+            spec: app.topic(
+                settings.topic(spec.name),
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.partitions,
+                internal=False,
+            )
+            for spec in ALL_TOPICS
+        }
+        self.by_name = {settings.topic(spec.name): spec for spec in ALL_TOPICS}
+        self.inbound = app.topic(
+            *(settings.topic(spec.name) for spec in (RELATIONSHIPS, QUERIES, EXECUTIONS)),
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+            internal=False,
+        )
+        self.tables = Tables(app, settings.partitions)
+        self.request_log = TableRequestLog(self.tables.requests)
+        self.service = NamespaceService(
+            self.request_log,
+            lambda namespace: TableRecords(self.tables.relationships, namespace),
+            limits_from(settings),
+        )
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def rebuild(self) -> None:
+        """After recovery: the live graphs from the tables (the tables are the authority)."""
+        started = time.perf_counter()
+        service, tables = self.service, self.tables
+        service.reset()
+        for stored_key, record in tables.relationships.items():
+            service.load_record(stored_key, record)
+        for namespace, document in tables.schemas.items():
+            if document is not None:
+                service.load_schema(namespace, document)
+        for partition, offset in tables.progress.items():
+            service.load_progress(int(partition), int(offset))
+        log.info(
+            "graphs rebuilt in %.2fs: %d namespaces, %d relationships",
+            time.perf_counter() - started,
+            len(service.graphs),
+            sum(len(g) for g in service.graphs.values()),
+        )
+
+    async def publish(self, out: Outbound) -> None:
+        await self.topics[out.spec].send(
+            key=out.key, value=out.value, headers=out.headers, partition=out.partition
+        )
+
+    def _write_tables(self, reply: Reply) -> None:
+        relationships = self.tables.relationships
+        for change in reply.changes:
+            rel = change.relationship
+            stored_key = rel.key.as_stored(rel.namespace)
+            if isinstance(change, Put):
+                relationships[stored_key] = rel.to_record()
+            elif stored_key in relationships:
+                del relationships[stored_key]
+        if reply.schema is not None:
+            namespace, document = reply.schema
+            self.tables.schemas[namespace] = document
+        if reply.progress is not None:
+            partition, offset = reply.progress
+            self.tables.progress[str(partition)] = offset
+        if reply.remember is not None:
+            self.request_log.put(reply.remember)
+
+    async def complete(self, reply: Reply, started: float) -> None:
+        """Make a reply durable and visible, then acknowledge its message."""
+        self._write_tables(reply)
+        for out in reply.outbound:
+            await self.publish(out)
+        if reply.message is not None:
+            self.metrics.observe(reply.message.spec, reply, time.perf_counter() - started)
+            event = reply.message.token
+            if event is not None:
+                event.ack()  # type: ignore[attr-defined]
+
+    async def run_deferred(self, reply: Reply, started: float) -> None:
+        assert reply.deferred is not None
+        try:
+            value = await asyncio.to_thread(reply.deferred.work)
+            error: BaseException | None = None
+        except Exception as exc:  # reported as the query's error result
+            value, error = None, exc
+        for done in reply.deferred.finish(value, error):
+            await self.complete(done, started)
+
+    async def process(self, stream: faust.StreamT[bytes]) -> None:
+        manual_acks = cast(Any, stream).noack()
+        event: EventT[bytes]
+        async for event in manual_acks.events():
+            msg = event.message
+            started = time.perf_counter()
+            received = Received(
+                spec=self.by_name[msg.topic],
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                key=msg.key,
+                value=msg.value,
+                token=event,
+            )
+            replies = self.service.handle(received)
+            for reply in replies:
+                await self.dispatch(reply, started)
+            if received.spec is RELATIONSHIPS:
+                for reply in self.service.release_parked(received.partition):
+                    await self.dispatch(reply, started)
+
+    async def dispatch(self, reply: Reply, started: float) -> None:
+        if reply.deferred is None:
+            await self.complete(reply, started)
+            return
+        task = asyncio.create_task(self.run_deferred(reply, started))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def maintain(self) -> None:
+        """Time out overdue parked queries; ask the owners of expired relationships to drop them."""
+        for reply in self.service.release_overdue():
+            await self.complete(reply, time.perf_counter())
+        now = self.service.clock()
+        for namespace in self.service.namespaces_due(now):
+            request_id = f"expire:{int(now.timestamp() * 1000)}"
+            await self.topics[RELATIONSHIPS].send(
+                key=namespace.encode(),
+                value=json.dumps(
+                    {"request_id": request_id, "principal": "system", "action": "expire"}
+                ).encode(),
+            )
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
-    metrics = metrics or Metrics()
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
@@ -65,77 +243,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
-    topics: dict[TopicSpec, faust.TopicT] = {
-        spec: app.topic(
-            settings.topic(spec.name),
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-            internal=False,
-        )
-        for spec in ALL_TOPICS
-    }
-    by_name = {settings.topic(spec.name): spec for spec in ALL_TOPICS}
-    inbound = app.topic(
-        *(settings.topic(spec.name) for spec in (RELATIONSHIPS, QUERIES, EXECUTIONS)),
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-        internal=False,
-    )
-    relationships = app.Table(
-        "relationships",
-        default=None,
-        partitions=settings.partitions,
-        help="relationships by namespace/type/source/target (canonical form)",
-    )
-    requests = app.Table(
-        "requests",
-        default=None,
-        partitions=settings.partitions,
-        help="results by namespace/request_id, for idempotent redelivery",
-    )
-    request_log = TableRequestLog(requests)
-    service = NamespaceService(request_log)
-
-    @relationships.on_recover
-    async def rebuild_graphs() -> None:
-        service.load(Relationship.from_dict(value) for value in relationships.values())
-        log.info(
-            "graphs rebuilt: %d namespaces, %d relationships",
-            len(service.graphs),
-            sum(len(g) for g in service.graphs.values()),
-        )
-
-    @app.agent(inbound, name="apply_namespace_commands")
-    async def apply_namespace_commands(stream: faust.StreamT[bytes]) -> None:
-        event: EventT[bytes]
-        async for event in stream.events():
-            msg = event.message
-            started = time.perf_counter()
-            reply = service.handle(
-                Received(
-                    spec=by_name[msg.topic],
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    key=msg.key,
-                    value=msg.value,
-                )
-            )
-            for change in reply.changes:
-                rel = change.relationship
-                stored_key = rel.key.as_stored(rel.namespace)
-                if isinstance(change, Put):
-                    relationships[stored_key] = rel.to_dict()
-                elif stored_key in relationships:
-                    del relationships[stored_key]
-            if reply.remember is not None:
-                request_log.put(reply.remember)
-            for out in reply.outbound:
-                await topics[out.spec].send(key=out.key, value=out.value, headers=out.headers)
-            metrics.observe(by_name[msg.topic], reply, time.perf_counter() - started)
-
-    app.nexus_service = service  # type: ignore[attr-defined]
-    app.nexus_metrics = metrics  # type: ignore[attr-defined]
+    actor = NamespaceActor(app, settings, metrics or Metrics())
+    actor.tables.relationships.on_recover(actor.rebuild)
+    app.agent(actor.inbound, name="apply_namespace_commands")(actor.process)
+    app.timer(interval=settings.maintenance_interval_s)(actor.maintain)
+    app.nexus_actor = actor  # type: ignore[attr-defined]
     return app

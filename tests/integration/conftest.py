@@ -31,9 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _require_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(
-            f"{name} is not set: run the suite with `make test`, which starts the local stack"
-        )
+        pytest.fail(f"{name} is not set: run the suite with `make test`, which starts the local stack")
     return value
 
 

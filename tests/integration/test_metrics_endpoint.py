@@ -28,9 +28,7 @@ async def test_metrics__count_ok_errors_and_deadletters(
     port = worker.env["NEXUS_METRICS_PORT"]
     ok_id, bad_id = f"m-{uuid.uuid4().hex}", f"m-{uuid.uuid4().hex}"
     await wire.send("relationships", namespace, b"not json")
-    await wire.send(
-        "relationships", namespace, {"request_id": bad_id, "principal": "p", "action": "nope"}
-    )
+    await wire.send("relationships", namespace, {"request_id": bad_id, "principal": "p", "action": "nope"})
     await wire.send(
         "relationships",
         namespace,

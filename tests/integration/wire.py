@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,18 +71,16 @@ class Wire:
                 self.records[name].append(record)
                 self._arrived.notify_all()
 
-    async def send(
-        self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]
-    ) -> None:
+    async def send(self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]) -> int:
+        """Produce one message; return its offset."""
         if isinstance(value, dict):
             value = json.dumps(value).encode()
         if isinstance(key, str):
             key = key.encode()
-        await self.producer.send_and_wait(self.topic(topic), value, key=key)
+        metadata = await self.producer.send_and_wait(self.topic(topic), value, key=key)
+        return metadata.offset
 
-    async def wait_for(
-        self, topic: str, predicate, count: int = 1, timeout_s: float = 30.0
-    ) -> list[Record]:
+    async def wait_for(self, topic: str, predicate, count: int = 1, timeout_s: float = 30.0) -> list[Record]:
         """Wait until `count` records on `topic` match `predicate`; fail at the deadline."""
 
         async def matched() -> list[Record]:
@@ -109,9 +108,15 @@ class Wire:
         assert all(c == copies[0] for c in copies), f"different results for {request_id}: {copies}"
         return copies[0]
 
-    async def events(
-        self, request_id: str, count: int = 1, timeout_s: float = 30.0
-    ) -> list[dict[str, Any]]:
+    async def request(
+        self, topic: str, key: str, payload: dict[str, Any], timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """Send a command (a request_id and principal are added when missing); await its result."""
+        payload = {"request_id": f"w-{uuid.uuid4().hex}", "principal": "tests", **payload}
+        await self.send(topic, key, payload)
+        return await self.result(payload["request_id"], timeout_s)
+
+    async def events(self, request_id: str, count: int = 1, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         found = await self.wait_for(
             "events", lambda r: r.json().get("request_id") == request_id, count, timeout_s
         )

@@ -1,0 +1,63 @@
+"""What the namespace actor publishes: results, events and dead letters as outbound messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nexus_streams.codec import encode
+from nexus_streams.messages import Event, Result
+from nexus_streams.topics import DEADLETTER, EVENTS, RESULTS, Header, TopicSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as read from Kafka; `token` is the transport's handle to acknowledge it."""
+
+    spec: TopicSpec
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    token: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    spec: TopicSpec
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes] = field(default_factory=dict)
+    #: publish to this partition (None: by key)
+    partition: int | None = None
+
+
+def result_message(result: Result) -> Outbound:
+    headers = {
+        Header.STATUS.value: result.status.encode(),
+        Header.NAMESPACE.value: result.namespace.encode(),
+    }
+    if result.request_id is not None:
+        headers[Header.REQUEST_ID.value] = result.request_id.encode()
+    return Outbound(RESULTS, result.namespace.encode(), encode(result), headers)
+
+
+def event_message(event: Event) -> Outbound:
+    headers = {
+        Header.EVENT_TYPE.value: event.type.encode(),
+        Header.NAMESPACE.value: event.namespace.encode(),
+    }
+    if event.pattern_id is not None:
+        headers[Header.PATTERN_ID.value] = event.pattern_id.encode()
+    return Outbound(EVENTS, event.namespace.encode(), encode(event), headers)
+
+
+def deadletter_message(msg: Received, code: str, reason: str) -> Outbound:
+    headers = {
+        Header.ERROR_CODE.value: code.encode(),
+        Header.ERROR_REASON.value: reason.encode()[:1024],
+        Header.SOURCE_TOPIC.value: msg.topic.encode(),
+        Header.SOURCE_PARTITION.value: str(msg.partition).encode(),
+        Header.SOURCE_OFFSET.value: str(msg.offset).encode(),
+    }
+    return Outbound(DEADLETTER, msg.key, msg.value or b"", headers)
