@@ -96,8 +96,9 @@ def parse_action(actions: dict[str, type[Inbound]], data: dict[str, Any], topic:
 
 
 def encode(model: BaseModel) -> bytes:
-    """JSON without null fields, except those a model lists in `ALWAYS`."""
-    data = model.model_dump(mode="json", exclude_none=True)
-    for name in getattr(model, "ALWAYS", ()):
-        data.setdefault(name, None)
+    """JSON by wire (alias) names, without null fields except required ones."""
+    data = model.model_dump(mode="json", exclude_none=True, by_alias=True)
+    for name, info in type(model).model_fields.items():
+        if info.is_required():
+            data.setdefault(info.alias or name, None)
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

@@ -7,7 +7,7 @@ no-op. They are converted to domain calls at the edge (streams/handlers.py).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -311,8 +311,6 @@ class Result(BaseModel):
     """Exactly one per request_id on the results topic."""
 
     model_config = ConfigDict(frozen=True)
-    #: written even when null
-    ALWAYS: ClassVar[frozenset[str]] = frozenset({"request_id"})
 
     request_id: str | None = Field(description="null only when the request had no usable one")
     namespace: str

@@ -155,7 +155,10 @@ class _Parked:
 @dataclass(slots=True)
 class _Snapshot:
     snapshot: analysis.EdgeSnapshot
+    #: the snapshot holds at least the writes up to this offset (maybe a few later ones)
     applied_offset: int | None
+    #: by the service's monotonic clock
+    taken_at: float
 
 
 class NamespaceService:
@@ -189,7 +192,9 @@ class NamespaceService:
     # -- recovery ------------------------------------------------------------------------------
 
     def reset(self) -> None:
+        """Forget everything: the assignment changed, state is reloaded, parked queries come again."""
         self.graphs.clear()
+        self._parked.clear()
         self.applied.clear()
         self._snapshots.clear()
 
@@ -260,7 +265,9 @@ class NamespaceService:
                     min_offset=p.min_offset,
                     applied_offset=applied,
                 )
-                replies.append(self._error(p.msg, p.namespace, p.query.request_id, p.query.action, {}, exc))
+                replies.append(
+                    self._error(p.msg, p.namespace, p.query.request_id, p.query.action, _who(p.query), exc)
+                )
         return replies
 
     def namespaces_due(self, now: datetime) -> list[str]:
@@ -415,17 +422,20 @@ class NamespaceService:
         return self._answer(msg, namespace, query)
 
     def _answer(self, msg: Received, namespace: str, query: Query) -> list[Reply]:
-        graph = self.graph(namespace)
+        # a query must not create state: an unknown namespace is read as an empty one
+        graph = self.graphs.get(namespace)
+        if graph is None:
+            graph = Graph(namespace, self.records_for(namespace))
         try:
             if isinstance(query, Analyze) or (isinstance(query, DetectCycles) and query.entity is None):
                 return [self._deferred_query(msg, graph, query)]
             output = self._run_query(graph, query)
         except NexusError as exc:
-            return [self._error(msg, namespace, query.request_id, query.action, {}, exc)]
+            return [self._error(msg, namespace, query.request_id, query.action, _who(query), exc)]
         except Exception as exc:
             log.exception("internal error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
             internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
-            return [self._error(msg, namespace, query.request_id, query.action, {}, internal)]
+            return [self._error(msg, namespace, query.request_id, query.action, _who(query), internal)]
         return [self._ok(msg, namespace, query, Outcome(output))]
 
     def _run_query(self, graph: Graph, query: Query) -> dict[str, Any]:
@@ -527,13 +537,14 @@ class NamespaceService:
             if isinstance(query, Analyze) and query.max_age_ms is not None
             else self.limits.snapshot_max_age_s
         )
+        now = self.monotonic()
         cached = self._snapshots.get(namespace)
-        fresh = cached is not None and self.monotonic() - cached.snapshot.taken_at_monotonic <= max_age_s
+        reuse = cached if cached is not None and now - cached.taken_at <= max_age_s else None
         index = graph.index
         applied = self.applied.get(msg.partition)
 
         def work() -> tuple[analysis.EdgeSnapshot, dict[str, Any]]:
-            snap = cached.snapshot if fresh and cached is not None else analysis.capture(index)
+            snap = reuse.snapshot if reuse is not None else analysis.capture(index)
             if isinstance(query, Analyze):
                 return snap, analysis.analyze(snap, top=query.top)
             assert isinstance(query, DetectCycles)
@@ -542,19 +553,17 @@ class NamespaceService:
 
         def finish(value: Any, error: BaseException | None) -> list[Reply]:
             if error is not None:
-                if isinstance(error, NexusError):
-                    return [self._error(msg, namespace, query.request_id, query.action, {}, error)]
-                log.error("analysis failed: %r", error)
-                internal = NexusError(f"internal error: {type(error).__name__}; the request may be retried")
-                return [self._error(msg, namespace, query.request_id, query.action, {}, internal)]
+                if not isinstance(error, NexusError):
+                    log.error("analysis of %s failed: %r", namespace, error)
+                    error = NexusError(f"internal error: {type(error).__name__}; the request may be retried")
+                return [self._error(msg, namespace, query.request_id, query.action, _who(query), error)]
             snap, output = value
-            if not (fresh and cached is not None):
-                self._snapshots[namespace] = _Snapshot(snap, applied)
-            taken = self._snapshots[namespace]
+            taken = reuse or _Snapshot(snap, applied, taken_at=now)
+            self._snapshots[namespace] = taken
             output["snapshot"] = {
-                "age_ms": round((self.monotonic() - snap.taken_at_monotonic) * 1000, 1),
+                "age_ms": round((self.monotonic() - taken.taken_at) * 1000, 1),
                 "relationships": snap.relationship_count,
-                "applied_offset": taken.applied_offset if snap is taken.snapshot else applied,
+                "applied_offset": taken.applied_offset,
             }
             return [self._ok(msg, namespace, query, Outcome(output))]
 
@@ -660,6 +669,10 @@ class NamespaceService:
     def _deadletter(self, msg: Received, code: str, reason: str) -> Reply:
         log.warning("dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, code, reason)
         return Reply(msg, [deadletter_message(msg, code, reason)])
+
+
+def _who(request: Inbound) -> dict[str, Any]:
+    return {"principal": request.principal}
 
 
 def _types(names: list[str] | None) -> list[RelationType] | None:

@@ -89,15 +89,11 @@ def dependency_codes(types: Iterable[RelationType] | None) -> tuple[frozenset[in
     return _steps(Direction.OUT, dependency_types(types))
 
 
-_Codes: TypeAlias = tuple[
-    frozenset[int], frozenset[int], frozenset[int] | None, frozenset[int] | None
-]
+_Codes: TypeAlias = tuple[frozenset[int], frozenset[int], frozenset[int] | None, frozenset[int] | None]
 _STEP_CACHE: dict[tuple[Direction, frozenset[RelationType] | None], _Codes] = {}
 
 
-def _step_codes(
-    index: GraphIndex, direction: Direction, wanted: frozenset[RelationType] | None
-) -> _Codes:
+def _step_codes(index: GraphIndex, direction: Direction, wanted: frozenset[RelationType] | None) -> _Codes:
     """index.step_codes plus, per array, the codes to test (None: all, no test needed);
     memoised: computing it costs ~10 us, more than a whole depth-3 search."""
     key = (direction, wanted)
@@ -394,9 +390,7 @@ def detect_cycles_from(
     than `visit_limit` entities are visited.
     """
     if max_cycles < 1:
-        raise ValidationFailed(
-            f"max_cycles must be 1 or more, not {max_cycles}", field="max_cycles"
-        )
+        raise ValidationFailed(f"max_cycles must be 1 or more, not {max_cycles}", field="max_cycles")
     wanted = dependency_types(types)
     s = index.node_of(entity)
     if s is None:

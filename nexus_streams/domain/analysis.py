@@ -89,8 +89,7 @@ def capture(index: GraphIndex) -> EdgeSnapshot:
     for lo in range(0, capacity, _NODES):
         hi = lo + _NODES
         part = [
-            _EMPTY if a is None or n is None else a
-            for a, n in zip(outs[lo:hi], names[lo:hi], strict=False)
+            _EMPTY if a is None or n is None else a for a, n in zip(outs[lo:hi], names[lo:hi], strict=False)
         ]
         blobs = list(map(array.tobytes, part))  # one C-level copy per live array
         packed.frombytes(b"".join(blobs))
@@ -167,9 +166,7 @@ def _pairs(
     live = bytes(map(bool, names))
     dense = array("q", accumulate(live, initial=-1))
     del dense[0]
-    return (
-        (dense[s], dense[t]) for s, t in zip(sources, targets, strict=True) if live[s] and live[t]
-    )
+    return ((dense[s], dense[t]) for s, t in zip(sources, targets, strict=True) if live[s] and live[t])
 
 
 def analyze(snapshot: EdgeSnapshot, *, top: int = 10) -> dict[str, Any]:
@@ -225,9 +222,7 @@ def detect_cycles_all(
     algorithms.dependency_types).
     """
     if max_cycles < 1:
-        raise ValidationFailed(
-            f"max_cycles must be 1 or more, not {max_cycles}", field="max_cycles"
-        )
+        raise ValidationFailed(f"max_cycles must be 1 or more, not {max_cycles}", field="max_cycles")
     out_codes, in_codes = dependency_codes(types)
     codes = snapshot.type_codes
     forward = list(map(out_codes.__contains__, codes))
@@ -268,9 +263,7 @@ def detect_cycles_all(
     return [[names[v] for v in cycle] for cycle in found]
 
 
-def _inner_edges(
-    graph: igraph.Graph, members: list[int], membership: list[int]
-) -> Iterator[tuple[int, int]]:
+def _inner_edges(graph: igraph.Graph, members: list[int], membership: list[int]) -> Iterator[tuple[int, int]]:
     """Edges v -> w with both ends in the component of `members`, lazily."""
     component = membership[members[0]]
     return ((v, w) for v in members for w in graph.successors(v) if membership[w] == component)

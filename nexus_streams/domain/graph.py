@@ -196,13 +196,14 @@ class Graph:
     def due(self, now: datetime) -> list[Relationship]:
         """Relationships whose expires_at has passed (each at most once)."""
         limit = now.timestamp()
-        found: list[Relationship] = []
+        found: dict[RelationshipKey, Relationship] = {}
         while self._expiry and self._expiry[0][0] <= limit:
             at, key = heapq.heappop(self._expiry)
             rel = self.get(key)
+            # entries of rewritten or removed relationships are stale: skip them
             if rel is not None and rel.expires_at is not None and rel.expires_at.timestamp() == at:
-                found.append(rel)
-        return found
+                found[key] = rel
+        return list(found.values())
 
 
 # -- planning: validate, then write into the open unit of work --------------------------------

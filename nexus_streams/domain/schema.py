@@ -40,6 +40,8 @@ class Schema:
             except Exception as exc:  # noqa: BLE001 - reported with its path below
                 problems.append({"field": f"schema.{type_name}", "message": str(exc)})
                 continue
+            # a named type is restricted to its rules, even to none
+            rules.setdefault(RelationType.PARENT if type_ is RelationType.CHILD else type_, set())
             if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
                 problems.append(
                     {

@@ -1,4 +1,4 @@
-"""Relationship types, canonical keys, id/metadata rules and the dict round trip."""
+"""Relationship types, canonical keys, id/metadata rules, and the dict and record round trips."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_streams.domain.errors import ErrorCode, InvalidRelationship, UnknownRelationshipType
+from nexus_streams.domain.errors import (
+    ErrorCode,
+    InvalidEntityId,
+    MetadataTooLarge,
+    NexusError,
+    SelfRelationship,
+    UnknownRelationshipType,
+)
 from nexus_streams.domain.relationships import (
     MAX_ID_CHARS,
     MAX_METADATA_BYTES,
@@ -81,9 +88,7 @@ ids = st.sampled_from(["a", "b", "c", "user:1", "user:10", "user:2", "B", "é"])
 
 
 @given(source=ids, target=ids, type_=st.sampled_from(list(RelationType)))
-def test_canonical_key__never_child_and_idempotent(
-    source: str, target: str, type_: RelationType
-) -> None:
+def test_canonical_key__never_child_and_idempotent(source: str, target: str, type_: RelationType) -> None:
     key = canonical_key(source, type_, target)
     assert key.type is not CHILD
     assert canonical_key(key.source, key.type, key.target) == key
@@ -166,6 +171,8 @@ VALID_IDS = [
     "x" * MAX_ID_CHARS,
     "é" * MAX_ID_CHARS,  # the limit is in characters, not bytes
     "~!$%^&*()[]{}<>?|",
+    "a\u00a1b",  # the first printable character after the C1 controls
+    "a\u200bb",  # a zero-width space is no whitespace to Python's \s
 ]
 
 INVALID_IDS = [
@@ -186,6 +193,10 @@ INVALID_IDS = [
     ("escape", "a\x1b[31m"),
     ("unit separator", "a\x1fb"),
     ("del", "a\x7f"),
+    ("c1 control 0x80", "a\x80b"),
+    ("c1 next line", "a\x85"),
+    ("c1 control 0x9f", "\x9fa"),
+    ("line separator", "a\u2028b"),
     ("no-break space", "a\u00a0b"),
     ("em space", "a\u2003b"),
     ("ideographic space", "a\u3000b"),
@@ -203,11 +214,13 @@ def test_check_id__valid(value: str) -> None:
 @pytest.mark.parametrize("value", [v for _, v in INVALID_IDS], ids=[n for n, _ in INVALID_IDS])
 @pytest.mark.parametrize("field_name", ["source", "target"])
 def test_check_id__invalid(value: str, field_name: str) -> None:
-    with pytest.raises(InvalidRelationship) as info:
+    with pytest.raises(InvalidEntityId) as info:
         check_id(value, field_name)
-    assert info.value.code is ErrorCode.INVALID_RELATIONSHIP
+    assert info.value.code is ErrorCode.INVALID_ENTITY_ID
+    assert info.value.to_dict()["code"] == "invalid_entity_id"
     assert info.value.details == {"field": field_name}
     assert field_name in info.value.message
+    assert str(MAX_ID_CHARS) in info.value.message
 
 
 # --------------------------------------------------------------------------- check_endpoints
@@ -228,32 +241,48 @@ def test_check_endpoints__valid(source: str, target: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("source", "target", "field"),
+    ("source", "target", "error", "field"),
     [
-        ("", "b", "source"),
-        (" ", "b", "source"),
-        ("a b", "b", "source"),
-        ("a\x00", "b", "source"),
-        ("x" * (MAX_ID_CHARS + 1), "b", "source"),
-        ("a", "", "target"),
-        ("a", "\t", "target"),
-        ("a", "b\x7f", "target"),
-        ("a", "x" * (MAX_ID_CHARS + 1), "target"),
-        ("", "", "source"),  # the source is checked first
-        ("a", "a", "target"),  # self-relationship
-        ("user:1", "user:1", "target"),
-        ("x" * MAX_ID_CHARS, "x" * MAX_ID_CHARS, "target"),
+        ("", "b", InvalidEntityId, "source"),
+        (" ", "b", InvalidEntityId, "source"),
+        ("a b", "b", InvalidEntityId, "source"),
+        ("a\x00", "b", InvalidEntityId, "source"),
+        ("x" * (MAX_ID_CHARS + 1), "b", InvalidEntityId, "source"),
+        ("a", "", InvalidEntityId, "target"),
+        ("a", "\t", InvalidEntityId, "target"),
+        ("a", "b\x7f", InvalidEntityId, "target"),
+        ("a", "x" * (MAX_ID_CHARS + 1), InvalidEntityId, "target"),
+        ("", "", InvalidEntityId, "source"),  # the source is checked first
+        ("a b", "a b", InvalidEntityId, "source"),  # ids are checked before sameness
+        ("a", "a", SelfRelationship, "target"),
+        ("user:1", "user:1", SelfRelationship, "target"),
+        ("x" * MAX_ID_CHARS, "x" * MAX_ID_CHARS, SelfRelationship, "target"),
     ],
 )
-def test_check_endpoints__invalid(source: str, target: str, field: str) -> None:
-    with pytest.raises(InvalidRelationship) as info:
+def test_check_endpoints__invalid(source: str, target: str, error: type[NexusError], field: str) -> None:
+    with pytest.raises(error) as info:
         check_endpoints(source, target)
-    assert info.value.details["field"] == field
-    assert info.value.to_dict()["code"] == "invalid_relationship"
+    assert type(info.value) is error
+    assert info.value.details == {"field": field}
+    assert info.value.to_dict()["code"] == error.code.value
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidEntityId, "invalid_entity_id"),
+        (SelfRelationship, "self_relationship"),
+        (MetadataTooLarge, "metadata_too_large"),
+    ],
+)
+def test_relationship_errors__codes_are_stable(error: type[NexusError], code: str) -> None:
+    err = error("what to fix", field="f")
+    assert err.code.value == code
+    assert err.to_dict() == {"code": code, "message": "what to fix", "details": {"field": "f"}}
 
 
 def test_check_endpoints__self_relationship__message_names_the_entity() -> None:
-    with pytest.raises(InvalidRelationship) as info:
+    with pytest.raises(SelfRelationship) as info:
         check_endpoints("user:7", "user:7")
     assert "'user:7'" in info.value.message
 
@@ -295,7 +324,7 @@ def test_check_metadata__within_limit(metadata: dict[str, Any]) -> None:
 )
 def test_check_metadata__over_limit(metadata: dict[str, Any], size: int) -> None:
     assert size > MAX_METADATA_BYTES
-    with pytest.raises(InvalidRelationship) as info:
+    with pytest.raises(MetadataTooLarge) as info:
         check_metadata(metadata)
     assert info.value.details == {
         "field": "metadata",
@@ -313,12 +342,8 @@ ROUND_TRIP_CASES = [
     Relationship("default", "a", OWNER, "b"),
     Relationship("ns", "user:1", MEMBER, "group:1", {"role": "admin"}, 3),
     Relationship("ns", "a", LINKED, "b", {"nested": {"x": [1, 2, {"y": None}]}}, 2, T0, T0),
-    Relationship(
-        "ns.1", "org:1", PARENT, "user:1", {}, 1, T0, T0 + timedelta(hours=1), T0 + timedelta(1)
-    ),
-    Relationship(
-        "ns", "a", OWNER, "b", {}, 1, datetime(2024, 1, 1, 9, tzinfo=timezone(timedelta(hours=2)))
-    ),
+    Relationship("ns.1", "org:1", PARENT, "user:1", {}, 1, T0, T0 + timedelta(hours=1), T0 + timedelta(1)),
+    Relationship("ns", "a", OWNER, "b", {}, 1, datetime(2024, 1, 1, 9, tzinfo=timezone(timedelta(hours=2)))),
     Relationship("ns", "a", OWNER, "b", {}, 1, datetime(2024, 1, 1)),  # naive stays naive
     Relationship("ns", "é", OWNER, "用户", {"ünïcode": "✓"}, 7),
 ]
@@ -330,6 +355,68 @@ def test_relationship__to_dict_from_dict__round_trip(rel: Relationship) -> None:
     assert Relationship.from_dict(data) == rel
     # and through JSON, as stored in the changelog table
     assert Relationship.from_dict(json.loads(json.dumps(data))) == rel
+
+
+@pytest.mark.parametrize("rel", ROUND_TRIP_CASES, ids=lambda r: f"{r.namespace}:{r.source}")
+def test_relationship__to_record_from_record__round_trip(rel: Relationship) -> None:
+    record = json.loads(json.dumps(rel.to_record()))  # as the changelog table stores it
+    stored_key = rel.key.as_stored(rel.namespace)
+    namespace, key = RelationshipKey.from_stored(stored_key)
+    assert (namespace, key) == (rel.namespace, rel.key)
+    assert Relationship.from_record(namespace, key, record) == rel
+
+
+@pytest.mark.parametrize(
+    ("rel", "record"),
+    [
+        (Relationship("ns", "a", OWNER, "b"), {"v": 1, "m": {}}),
+        (
+            Relationship("ns", "a", OWNER, "b", {"k": [1]}, 4, T0, None, None),
+            {"v": 4, "m": {"k": [1]}, "c": "2024-05-01T12:30:15.123456Z"},
+        ),
+        (
+            Relationship("ns", "a", OWNER, "b", {}, 2, T0, T0 + timedelta(hours=1), T0 + timedelta(days=1)),
+            {
+                "v": 2,
+                "m": {},
+                "c": "2024-05-01T12:30:15.123456Z",
+                "u": "2024-05-01T13:30:15.123456Z",
+                "e": "2024-05-02T12:30:15.123456Z",
+            },
+        ),
+    ],
+    ids=["bare", "created only", "all timestamps"],
+)
+def test_relationship__to_record__compact_without_identity(rel: Relationship, record: dict[str, Any]) -> None:
+    """The identity (namespace, type, source, target) is the key; the value holds only the rest."""
+    assert rel.to_record() == record
+
+
+def test_relationship__from_record__defaults() -> None:
+    key = RelationshipKey("a", LINKED, "b")
+    assert Relationship.from_record("ns", key, {}) == Relationship("ns", "a", LINKED, "b", {}, 1)
+    assert Relationship.from_record("ns", key, {"m": None, "v": "3"}).version == 3
+
+
+@pytest.mark.parametrize(
+    ("namespace", "key"),
+    [
+        ("default", RelationshipKey("a", OWNER, "b")),
+        ("a.b_c:d-1", RelationshipKey("user:1", MEMBER, "group:1")),
+        ("ns", RelationshipKey("用户:1", PARENT, "é")),
+        ("N" * 128, RelationshipKey("x" * MAX_ID_CHARS, LINKED, "y" * MAX_ID_CHARS)),
+    ],
+    ids=["default", "namespace with : . _ -", "unicode ids", "longest"],
+)
+def test_relationship_key__from_stored__inverts_as_stored(namespace: str, key: RelationshipKey) -> None:
+    assert RelationshipKey.from_stored(key.as_stored(namespace)) == (namespace, key)
+
+
+def test_relationship_key__from_stored__not_a_stored_key__raises() -> None:
+    with pytest.raises(ValueError):
+        RelationshipKey.from_stored("ns\x1fowner\x1fa")
+    with pytest.raises(ValueError):
+        RelationshipKey.from_stored("ns\x1ffriend\x1fa\x1fb")
 
 
 def test_relationship__to_dict__shape() -> None:
@@ -377,20 +464,14 @@ def test_relationship__key_and_evolve() -> None:
     assert (rel.version, rel.metadata) == (1, {})
 
 
-offsets = st.integers(min_value=-23 * 60, max_value=23 * 60).map(
-    lambda m: timezone(timedelta(minutes=m))
-)
+offsets = st.integers(min_value=-23 * 60, max_value=23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 moments = st.one_of(
     st.none(),
-    st.datetimes(
-        min_value=datetime(1970, 1, 1), max_value=datetime(2999, 12, 31), timezones=offsets
-    ),
+    st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2999, 12, 31), timezones=offsets),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=10,
 )
 
@@ -421,3 +502,6 @@ def test_relationship__round_trip__property(
         namespace, source, type_, target, metadata, version, created_at, updated_at, expires_at
     )
     assert Relationship.from_dict(json.loads(json.dumps(rel.to_dict()))) == rel
+    namespace_back, key = RelationshipKey.from_stored(rel.key.as_stored(namespace))
+    record = json.loads(json.dumps(rel.to_record()))
+    assert Relationship.from_record(namespace_back, key, record) == rel
