@@ -307,6 +307,16 @@ async def test_read_your_writes__query_before_write_is_answered_after_it(wire: W
     assert answer["output"]["relationship"]["source"] == "q:1"
 
 
+async def test_read_your_writes__unreached_min_offset_times_out(wire: Wire, namespace: str) -> None:
+    probe = await ok(wire, "relationships", namespace, create("t:1", "owner", "t:2"))
+    far = probe["offset"] + 1_000_000
+    result = await wire.request("queries", namespace, {"action": "stats", "min_offset": far}, timeout_s=30)
+    assert result["error"]["code"] == "timeout"
+    assert result["error"]["details"]["min_offset"] == far
+    # the partition goes on: a plain query is answered
+    await ok(wire, "queries", namespace, {"action": "stats"})
+
+
 @pytest.mark.parametrize(
     ("query", "code"),
     [
