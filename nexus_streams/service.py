@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +49,7 @@ from nexus_streams.domain.graph import (
 )
 from nexus_streams.domain.index import Direction
 from nexus_streams.domain.relationships import (
+    SEP,
     Relationship,
     RelationshipKey,
     RelationType,
@@ -110,6 +112,7 @@ class Limits:
     visit_limit: int = 100_000
     snapshot_max_age_s: float = 30.0
     min_offset_wait_s: float = 30.0
+    request_retention_s: float = 7 * 24 * 3600.0
 
 
 @dataclass(slots=True)
@@ -132,6 +135,8 @@ class Reply:
     result: Result | None = None
     #: a namespace schema to store (document, or None to remove)
     schema: tuple[str, dict[str, list[str]] | None] | None = None
+    #: remembered results to forget: (namespace, request_id), past their retention
+    forget: list[tuple[str, str]] = field(default_factory=list)
     #: (partition, offset) of the relationships topic now applied
     progress: tuple[int, int] | None = None
     deferred: Deferred | None = None
@@ -182,6 +187,8 @@ class NamespaceService:
         self.applied: dict[int, int] = {}
         self._parked: dict[int, list[_Parked]] = {}
         self._snapshots: dict[str, _Snapshot] = {}
+        #: (processed_at timestamp, request_id) of remembered results, oldest first
+        self._request_times: dict[str, deque[tuple[float, str]]] = {}
 
     def graph(self, namespace: str) -> Graph:
         graph = self.graphs.get(namespace)
@@ -195,6 +202,7 @@ class NamespaceService:
         """Forget everything: the assignment changed, state is reloaded, parked queries come again."""
         self.graphs.clear()
         self._parked.clear()
+        self._request_times.clear()
         self.applied.clear()
         self._snapshots.clear()
 
@@ -205,6 +213,16 @@ class NamespaceService:
     def load_schema(self, namespace: str, document: dict[str, list[str]]) -> None:
         self.graph(namespace).schema = Schema.parse(document)
 
+    def load_request(self, stored_key: str, result: dict[str, Any]) -> None:
+        namespace, _, request_id = stored_key.partition(SEP)
+        processed_at = datetime.fromisoformat(str(result["processed_at"]).replace("Z", "+00:00"))
+        self._note_request(namespace, request_id, processed_at.timestamp())
+
+    def sort_requests(self) -> None:
+        """After loading: order each namespace's remembered results by time."""
+        for namespace, times in self._request_times.items():
+            self._request_times[namespace] = deque(sorted(times))
+
     def load_progress(self, partition: int, offset: int) -> None:
         self.applied[partition] = max(offset, self.applied.get(partition, -1))
 
@@ -214,6 +232,9 @@ class NamespaceService:
         """The replies to one message. After making those of a relationships message durable,
         the caller asks `release_parked(partition)` for the queries that waited for it."""
         replies = self._handle(msg)
+        for reply in replies:
+            if reply.remember is not None and reply.remember.request_id is not None:
+                self._note_request(reply.namespace, reply.remember.request_id, self.clock().timestamp())
         if msg.spec is RELATIONSHIPS:
             # every message of the relationships topic counts as applied, answered or not
             self.applied[msg.partition] = max(msg.offset, self.applied.get(msg.partition, -1))
@@ -271,9 +292,24 @@ class NamespaceService:
         return replies
 
     def namespaces_due(self, now: datetime) -> list[str]:
-        """Namespaces with relationships whose expires_at has passed."""
+        """Namespaces with relationships whose expires_at has passed, or remembered results older
+        than the retention."""
         at = now.timestamp()
-        return [ns for ns, g in self.graphs.items() if (n := g.next_expiry()) is not None and n <= at]
+        due = {ns for ns, g in self.graphs.items() if (n := g.next_expiry()) is not None and n <= at}
+        oldest_kept = at - self.limits.request_retention_s
+        due |= {ns for ns, times in self._request_times.items() if times and times[0][0] <= oldest_kept}
+        return sorted(due)
+
+    def _note_request(self, namespace: str, request_id: str, at: float) -> None:
+        self._request_times.setdefault(namespace, deque()).append((at, request_id))
+
+    def _forget_old_requests(self, namespace: str, now: datetime) -> list[str]:
+        times = self._request_times.get(namespace)
+        oldest_kept = now.timestamp() - self.limits.request_retention_s
+        forgotten = []
+        while times and times[0][0] <= oldest_kept:
+            forgotten.append(times.popleft()[1])
+        return forgotten
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -327,6 +363,7 @@ class NamespaceService:
         reply.schema = schema
         if isinstance(command, Expire):
             reply.outbound = reply.outbound[1:]  # a worker's own sweep: events only, no result
+            reply.forget = [(namespace, rid) for rid in self._forget_old_requests(namespace, self.clock())]
         else:
             reply.remember = reply.result
         return reply

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     min_offset_wait_s: float = Field(
         default=30.0, gt=0, description="how long a query waits for its min_offset"
     )
+    request_retention_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="how long a command's result is remembered for idempotent redelivery",
+    )
     maintenance_interval_s: float = Field(
         default=1.0, gt=0, description="how often expiry and overdue queries are checked"
     )
@@ -47,6 +52,37 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, description="Prometheus /metrics port; 0 disables")
     log_level: str = "INFO"
     log_json: bool = False
+    admins: str = Field(
+        default="",
+        description="comma-separated principals with the admin role (store/change/delete system patterns, "
+        "change or delete anyone's pattern, execute every pattern)",
+    )
+    redis_key_prefix: str = Field(default="nexus:", description="prefix of every Redis key of this service")
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0, description="per Redis command and connect")
+    redis_retry_attempts: int = Field(
+        default=5, ge=1, description="tries of one pattern store operation before `store_unavailable`"
+    )
+    redis_retry_initial_backoff_ms: int = Field(default=50, ge=0)
+    redis_retry_max_backoff_ms: int = Field(default=2000, ge=0)
+    pattern_max_steps: int = Field(default=100, ge=1, description="steps in one pattern")
+    pattern_max_document_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="a pattern document's size as compact JSON"
+    )
+    pattern_max_inclusion_depth: int = Field(
+        default=4, ge=0, description="nesting of composite patterns (pattern/execute steps)"
+    )
+    pattern_versions_retained: int = Field(
+        default=20, ge=0, description="versions kept per pattern, newest first; 0 keeps all"
+    )
+    pattern_cache_size: int = Field(default=1024, ge=0, description="patterns a worker keeps in memory")
+    execution_dedupe_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="how long the store remembers an execution id so its statistics count once",
+    )
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    def admin_principals(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.admins.split(",") if name.strip())

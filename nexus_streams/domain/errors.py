@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -49,6 +51,12 @@ class ErrorCode(StrEnum):
     EXECUTION_ERROR = "execution_error"
     #: the service failed; the request may be retried
     INTERNAL_ERROR = "internal_error"
+    #: a step names a (type, action) that no step kind has
+    UNKNOWN_STEP = "unknown_step"
+    #: the pattern is deprecated: it takes no new executions
+    PATTERN_DEPRECATED = "pattern_deprecated"
+    #: the pattern store (Redis) did not answer after retries; the request may be retried
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 class NexusError(Exception):
@@ -131,3 +139,128 @@ class ResourceLimit(NexusError):
 
 class Forbidden(NexusError):
     code = ErrorCode.FORBIDDEN
+
+
+class DependencyError(NexusError):
+    code = ErrorCode.DEPENDENCY_ERROR
+
+
+class ExecutionError(NexusError):
+    code = ErrorCode.EXECUTION_ERROR
+
+
+class UnknownStep(NexusError):
+    code = ErrorCode.UNKNOWN_STEP
+
+
+class PatternDeprecated(NexusError):
+    code = ErrorCode.PATTERN_DEPRECATED
+
+
+class StoreUnavailable(NexusError):
+    code = ErrorCode.STORE_UNAVAILABLE
+
+
+# -- problems: validation that reports everything it found at once ----------------------------
+
+Segment = str | int
+Location = tuple[Segment, ...]
+
+
+def format_path(parts: Iterable[Segment], prefix: str = "") -> str:
+    """`("steps", 1, "depends_on", 0)` -> `steps[1].depends_on[0]`, appended to `prefix`."""
+    text = prefix
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem in a document: where (`steps[1].depends_on[0]`), a stable code, what to fix."""
+
+    path: str
+    code: ErrorCode
+    message: str
+    #: machine-readable facts, e.g. `cycle` for cycle_detected; merged into `to_dict()`
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "code": self.code.value, "message": self.message, **self.details}
+
+    def __str__(self) -> str:
+        return f"{self.path or '(document)'}: {self.message}"
+
+
+def _listing(subject: str, problems: Sequence[Problem]) -> str:
+    count = len(problems)
+    return f"{subject} ({count} problem{'s' if count != 1 else ''}): " + "; ".join(map(str, problems))
+
+
+class PatternInvalid(NexusError):
+    """A pattern document failed validation; `details.problems` lists every problem with its path.
+
+    `code` is the problems' common code when they share one (a lone cycle is `cycle_detected`),
+    else `validation_error`: use `PatternInvalid.of(problems)` to get the right subclass.
+    """
+
+    code = ErrorCode.VALIDATION_ERROR
+
+    def __init__(self, message: str, problems: Sequence[Problem], **details: Any) -> None:
+        super().__init__(message, problems=[p.to_dict() for p in problems], **details)
+        self.problems = tuple(problems)
+
+    @staticmethod
+    def of(problems: Sequence[Problem], subject: str = "invalid pattern", **details: Any) -> PatternInvalid:
+        codes = {p.code for p in problems}
+        cls = _PATTERN_INVALID.get(codes.pop(), PatternInvalid) if len(codes) == 1 else PatternInvalid
+        return cls(_listing(subject, problems), problems, **details)
+
+
+class PatternDependencyError(PatternInvalid):
+    code = ErrorCode.DEPENDENCY_ERROR
+
+
+class PatternCycleDetected(PatternInvalid):
+    code = ErrorCode.CYCLE_DETECTED
+
+
+class PatternTooLarge(PatternInvalid):
+    code = ErrorCode.RESOURCE_LIMIT
+
+
+class PatternUnknownStep(PatternInvalid):
+    code = ErrorCode.UNKNOWN_STEP
+
+
+_PATTERN_INVALID: dict[ErrorCode, type[PatternInvalid]] = {
+    cls.code: cls
+    for cls in (PatternDependencyError, PatternCycleDetected, PatternTooLarge, PatternUnknownStep)
+}
+
+
+class InputInvalid(ValidationFailed):
+    """An execution input does not match the pattern's input schema; `details.problems` lists why."""
+
+    def __init__(self, message: str, problems: Sequence[Problem], **details: Any) -> None:
+        super().__init__(message, problems=[p.to_dict() for p in problems], **details)
+        self.problems = tuple(problems)
+
+    @staticmethod
+    def of(problems: Sequence[Problem], subject: str = "invalid input") -> InputInvalid:
+        return InputInvalid(_listing(subject, problems), problems)
+
+
+class TemplateSyntaxError(ValidationFailed):
+    """A `{{...}}` in a parameter value is not a template this service understands."""
+
+
+class UnresolvedReference(ValidationFailed):
+    """A template names a value the execution does not have (an input field, a step output)."""
+
+
+class StepParametersInvalid(ValidationFailed):
+    """A step's parameters, after defaults and templates, do not match its kind's schema."""

@@ -17,7 +17,7 @@ import faust
 from faust.types import EventT
 
 from nexus_streams.domain.graph import Put
-from nexus_streams.domain.relationships import Relationship, RelationshipKey
+from nexus_streams.domain.relationships import SEP, Relationship, RelationshipKey
 from nexus_streams.messages import Result
 from nexus_streams.metrics import Metrics
 from nexus_streams.replies import Outbound, Received
@@ -26,8 +26,6 @@ from nexus_streams.settings import Settings
 from nexus_streams.topics import ALL_TOPICS, EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
 
 log = logging.getLogger(__name__)
-
-SEP = "\x1f"
 
 
 class TableRequestLog:
@@ -39,6 +37,11 @@ class TableRequestLog:
     def get(self, namespace: str, request_id: str) -> Result | None:
         stored = self.table.get(f"{namespace}{SEP}{request_id}")
         return None if stored is None else Result.model_validate(stored)
+
+    def forget(self, namespace: str, request_id: str) -> None:
+        key = f"{namespace}{SEP}{request_id}"
+        if key in self.table:
+            del self.table[key]
 
     def put(self, result: Result) -> None:
         assert result.request_id is not None
@@ -68,6 +71,7 @@ def limits_from(settings: Settings) -> Limits:
         visit_limit=settings.visit_limit,
         snapshot_max_age_s=settings.snapshot_max_age_s,
         min_offset_wait_s=settings.min_offset_wait_s,
+        request_retention_s=settings.request_retention_s,
     )
 
 
@@ -128,6 +132,9 @@ class NamespaceActor:
         for namespace, document in tables.schemas.items():
             if document is not None:
                 service.load_schema(namespace, document)
+        for stored_key, result in tables.requests.items():
+            service.load_request(stored_key, result)
+        service.sort_requests()
         for partition, offset in tables.progress.items():
             service.load_progress(int(partition), int(offset))
         log.info(
@@ -159,6 +166,8 @@ class NamespaceActor:
             self.tables.progress[str(partition)] = offset
         if reply.remember is not None:
             self.request_log.put(reply.remember)
+        for namespace, request_id in reply.forget:
+            self.request_log.forget(namespace, request_id)
 
     async def complete(self, reply: Reply, started: float) -> None:
         """Make a reply durable and visible, then acknowledge its message."""

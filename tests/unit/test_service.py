@@ -57,6 +57,9 @@ class RequestLog:
         assert result.request_id is not None
         self.results[(result.namespace, result.request_id)] = result
 
+    def forget(self, namespace: str, request_id: str) -> None:
+        self.results.pop((namespace, request_id), None)
+
 
 class Worker:
     """The namespace actor around the service, with its tables in dicts."""
@@ -157,6 +160,8 @@ class Worker:
             self.progress_table[str(partition)] = offset
         if reply.remember is not None:
             self.log.put(reply.remember)
+        for namespace, request_id in reply.forget:
+            self.log.forget(namespace, request_id)
         self.published += reply.outbound
         if reply.message is not None:
             self.acked.append(reply.message)
@@ -180,6 +185,9 @@ class Worker:
         for namespace, document in self.schemas_table.items():
             if document is not None:
                 self.service.load_schema(namespace, document)
+        for (namespace, request_id), result in self.log.results.items():
+            self.service.load_request(f"{namespace}\x1f{request_id}", result.model_dump(mode="json"))
+        self.service.sort_requests()
         for partition, offset in self.progress_table.items():
             self.service.load_progress(int(partition), offset)
 
@@ -1806,3 +1814,29 @@ def test_service__reset__parked_queries_are_dropped_with_the_assignment(worker: 
     assert worker.service.handle(redelivered) == []
     replies = worker.send(create(request_id="r-2", target="w2"), offset=2)
     assert [r.message for r in replies][1:] == [redelivered]
+
+
+# --------------------------------------------------------------------------- request retention
+
+
+@pytest.mark.parametrize("rebuilt", [False, True], ids=["live", "after-recovery"])
+def test_service__remembered_results__forgotten_after_the_retention(rebuilt: bool) -> None:
+    worker = Worker(Limits(request_retention_s=3600))
+    first = worker.ok(create(request_id="r-old"))
+    worker.now = NOW + timedelta(minutes=30)
+    worker.ok(create(source="user:2", request_id="r-new"))
+    if rebuilt:
+        worker.rebuild()
+    assert worker.service.namespaces_due(NOW + timedelta(minutes=59)) == []
+
+    worker.now = NOW + timedelta(minutes=61)
+    assert worker.service.namespaces_due(worker.now) == [NS]
+    expire = worker.one(command("expire", "expire:1"))
+    assert expire.forget == [(NS, "r-old")]
+    assert worker.log.get(NS, "r-old") is None
+    assert worker.log.get(NS, "r-new") is not None
+    assert worker.service.namespaces_due(worker.now) == []
+    # the forgotten request id is a new request now: applied again, a duplicate by content
+    again = worker.one(create(request_id="r-old"))
+    assert body(only(again, RESULTS))["error"]["code"] == "duplicate_relationship"
+    assert first["relationship"]["source"] == "user:1"
