@@ -1,0 +1,1 @@
+"""The pattern store: a Protocol (base.py) with a Redis and an in-memory implementation."""
