@@ -11,13 +11,14 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 
 from nexus_streams import __version__
-from nexus_streams.messages import GraphQuery, RelationshipCommand
+from nexus_streams.messages import GraphQuery, PatternCommand, RelationshipCommand
 from nexus_streams.settings import Settings
 from nexus_streams.topics import ALL_TOPICS, Header, Partitioning, TopicSpec
 
 HEADER_DOCS: dict[Header, str] = {
     Header.EVENT_TYPE: "the event's `type`",
-    Header.PATTERN_ID: "the pattern id, on events of a pattern execution",
+    Header.PATTERN_ID: "the pattern id, on pattern events and events of a pattern execution",
+    Header.PATTERN_VERSION: "the pattern version, where the event has one",
     Header.NAMESPACE: "the namespace",
     Header.REQUEST_ID: "the request's `request_id`",
     Header.STATUS: "`ok` or `error`",
@@ -44,6 +45,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     unions: tuple[tuple[str, Any], ...] = (
         ("RelationshipCommand", RelationshipCommand),
         ("GraphQuery", GraphQuery),
+        ("PatternCommand", PatternCommand),
     )
     for name, union_type in unions:
         union = TypeAdapter(union_type).json_schema()

@@ -276,17 +276,40 @@ class ExecutionRequest(Inbound):
     step_events: bool = False
 
 
-class PatternCommand(BaseModel):
-    """Store, deprecate or delete a pattern; the key is the pattern id."""
-
+class PatternRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     request_id: RequestId
     principal: Principal
-    action: Literal["store", "deprecate", "delete"]
-    pattern: dict[str, Any] | None = None
-    pattern_id: str | None = None
-    version: int | None = None
+
+
+class StorePattern(PatternRequest):
+    """Store a pattern: version 1 of a new id, version n+1 of an existing one (none if identical)."""
+
+    action: Literal["store"]
+    pattern: dict[str, Any] = Field(description="the pattern document; its `id` must equal the key")
+
+
+class DeprecatePattern(PatternRequest):
+    """Deprecate a pattern: it takes no new executions; a new version clears it."""
+
+    action: Literal["deprecate"]
+    pattern_id: str | None = Field(default=None, description="optional; must equal the key")
+
+
+class DeletePattern(PatternRequest):
+    """Delete a pattern with all its versions and statistics."""
+
+    action: Literal["delete"]
+    pattern_id: str | None = Field(default=None, description="optional; must equal the key")
+
+
+PatternCommand = Annotated[StorePattern | DeprecatePattern | DeletePattern, Field(discriminator="action")]
+PATTERN_ACTIONS: dict[str, type[BaseModel]] = {
+    "store": StorePattern,
+    "deprecate": DeprecatePattern,
+    "delete": DeletePattern,
+}
 
 
 class ErrorBody(BaseModel):
@@ -313,7 +336,8 @@ class Result(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     request_id: str | None = Field(description="null only when the request had no usable one")
-    namespace: str
+    namespace: str | None = Field(description="the namespace; null for pattern commands")
+    pattern_id: str | None = Field(default=None, description="for pattern commands and executions")
     action: str | None = None
     status: Literal["ok", "error"]
     output: dict[str, Any] | None = None
@@ -331,7 +355,7 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     type: str = Field(description="relationship_created, relationship_deleted, error, ...")
-    namespace: str
+    namespace: str | None = Field(description="the namespace; null for pattern events")
     occurred_at: datetime
     request_id: str | None = None
     principal: str | None = None

@@ -9,12 +9,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from nexus_streams.domain.errors import ErrorCode
-from nexus_streams.messages import QUERY_ACTIONS, RELATIONSHIP_ACTIONS
+from nexus_streams.messages import PATTERN_ACTIONS, QUERY_ACTIONS, RELATIONSHIP_ACTIONS
 from nexus_streams.service import Reply
 from nexus_streams.topics import DEADLETTER, TopicSpec
 from nexus_streams.topics import Header as H
 
-KNOWN_ACTIONS = frozenset(RELATIONSHIP_ACTIONS) | frozenset(QUERY_ACTIONS) | {"execute"}
+KNOWN_ACTIONS = (
+    frozenset(RELATIONSHIP_ACTIONS) | frozenset(QUERY_ACTIONS) | frozenset(PATTERN_ACTIONS) | {"execute"}
+)
 KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

@@ -32,24 +32,30 @@ class Outbound:
     partition: int | None = None
 
 
+def _key(namespace: str | None, pattern_id: str | None) -> bytes | None:
+    """Namespace-keyed; pattern commands' outcomes by pattern id."""
+    value = namespace if namespace is not None else pattern_id
+    return None if value is None else value.encode()
+
+
 def result_message(result: Result) -> Outbound:
-    headers = {
-        Header.STATUS.value: result.status.encode(),
-        Header.NAMESPACE.value: result.namespace.encode(),
-    }
+    headers = {Header.STATUS.value: result.status.encode()}
+    if result.namespace is not None:
+        headers[Header.NAMESPACE.value] = result.namespace.encode()
     if result.request_id is not None:
         headers[Header.REQUEST_ID.value] = result.request_id.encode()
-    return Outbound(RESULTS, result.namespace.encode(), encode(result), headers)
+    return Outbound(RESULTS, _key(result.namespace, result.pattern_id), encode(result), headers)
 
 
 def event_message(event: Event) -> Outbound:
-    headers = {
-        Header.EVENT_TYPE.value: event.type.encode(),
-        Header.NAMESPACE.value: event.namespace.encode(),
-    }
+    headers = {Header.EVENT_TYPE.value: event.type.encode()}
+    if event.namespace is not None:
+        headers[Header.NAMESPACE.value] = event.namespace.encode()
     if event.pattern_id is not None:
         headers[Header.PATTERN_ID.value] = event.pattern_id.encode()
-    return Outbound(EVENTS, event.namespace.encode(), encode(event), headers)
+    if event.pattern_version is not None:
+        headers[Header.PATTERN_VERSION.value] = str(event.pattern_version).encode()
+    return Outbound(EVENTS, _key(event.namespace, event.pattern_id), encode(event), headers)
 
 
 def deadletter_message(msg: Received, code: str, reason: str) -> Outbound:

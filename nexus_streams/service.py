@@ -109,7 +109,7 @@ class Limits:
 
     max_batch: int = 1000
     max_delete_entity: int = 10_000
-    visit_limit: int = 100_000
+    visit_limit: int = 25_000
     snapshot_max_age_s: float = 30.0
     min_offset_wait_s: float = 30.0
     request_retention_s: float = 7 * 24 * 3600.0
@@ -176,12 +176,16 @@ class NamespaceService:
         limits: Limits | None = None,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        offload: Callable[..., Any] | None = None,
     ) -> None:
         self.requests = requests
         self.records_for = records_for
         self.limits = limits or Limits()
         self.clock = clock
         self.monotonic = monotonic
+        #: runs whole-graph igraph work (holds the GIL for long C calls); the worker passes a
+        #: process pool, tests run it inline
+        self.offload: Callable[..., Any] = offload or (lambda fn, *args, **kwargs: fn(*args, **kwargs))
         self.graphs: dict[str, Graph] = {}
         #: relationships-topic partition -> highest offset applied
         self.applied: dict[int, int] = {}
@@ -568,7 +572,7 @@ class NamespaceService:
     def _deferred_query(self, msg: Received, graph: Graph, query: Query) -> Reply:
         namespace = graph.namespace
         if isinstance(query, DetectCycles):
-            _types(query.types)  # validate before going off the loop
+            algorithms.dependency_types(_types(query.types))  # fail fast, before going off the loop
         max_age_s = (
             query.max_age_ms / 1000
             if isinstance(query, Analyze) and query.max_age_ms is not None
@@ -583,9 +587,11 @@ class NamespaceService:
         def work() -> tuple[analysis.EdgeSnapshot, dict[str, Any]]:
             snap = reuse.snapshot if reuse is not None else analysis.capture(index)
             if isinstance(query, Analyze):
-                return snap, analysis.analyze(snap, top=query.top)
+                return snap, self.offload(analysis.analyze, snap, top=query.top)
             assert isinstance(query, DetectCycles)
-            cycles = analysis.detect_cycles_all(snap, types=_types(query.types), max_cycles=query.max_cycles)
+            cycles = self.offload(
+                analysis.detect_cycles_all, snap, types=_types(query.types), max_cycles=query.max_cycles
+            )
             return snap, {"scope": "namespace", "count": len(cycles), "cycles": cycles}
 
         def finish(value: Any, error: BaseException | None) -> list[Reply]:

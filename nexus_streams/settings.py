@@ -32,7 +32,12 @@ class Settings(BaseSettings):
     max_delete_entity: int = Field(
         default=10_000, ge=1, description="relationships one delete_entity may remove"
     )
-    visit_limit: int = Field(default=100_000, ge=100, description="entities one bounded traversal may visit")
+    visit_limit: int = Field(
+        default=25_000,
+        ge=100,
+        description="entities one bounded traversal may visit (bench/graph.py: 25,000 keeps a step "
+        "well under 50 ms on 2 cores)",
+    )
     snapshot_max_age_s: float = Field(
         default=30.0, ge=0, description="analysis reuses an igraph snapshot up to this age"
     )

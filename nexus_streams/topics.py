@@ -12,12 +12,12 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from nexus_streams.messages import (
+    PATTERN_ACTIONS,
     QUERY_ACTIONS,
     RELATIONSHIP_ACTIONS,
     DeadLetter,
     Event,
     ExecutionRequest,
-    PatternCommand,
     Result,
 )
 from nexus_streams.settings import Settings
@@ -35,6 +35,7 @@ class Header(StrEnum):
 
     EVENT_TYPE = "nexus-event-type"
     PATTERN_ID = "nexus-pattern-id"
+    PATTERN_VERSION = "nexus-pattern-version"
     NAMESPACE = "nexus-namespace"
     REQUEST_ID = "nexus-request-id"
     STATUS = "nexus-status"
@@ -86,8 +87,8 @@ PATTERNS = TopicSpec(
     key="pattern id (UTF-8)",
     partitioning=Partitioning.SPREAD,
     cleanup_policy="delete",
-    description="Pattern commands: store, deprecate, delete.",
-    messages=(PatternCommand,),
+    description="Pattern commands: " + ", ".join(PATTERN_ACTIONS) + ".",
+    messages=tuple(PATTERN_ACTIONS.values()),
 )
 RESULTS = TopicSpec(
     name="results",
@@ -106,7 +107,7 @@ EVENTS = TopicSpec(
     cleanup_policy="delete",
     description="Events: relationship_created, relationship_deleted, error, ...",
     messages=(Event,),
-    headers=(Header.EVENT_TYPE, Header.NAMESPACE, Header.PATTERN_ID),
+    headers=(Header.EVENT_TYPE, Header.NAMESPACE, Header.PATTERN_ID, Header.PATTERN_VERSION),
     inbound=False,
 )
 DEADLETTER = TopicSpec(

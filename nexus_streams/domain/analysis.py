@@ -2,16 +2,18 @@
 
 `capture` copies the topology out of the live `GraphIndex`. It is safe to call from a worker
 thread while the event loop keeps mutating the index: it reads each list and each array with a
-single C-level copy (atomic under the GIL), and keeps every C-level step short (a chunk of
-`_NODES` entities or `_WORDS` entries, a few milliseconds) so the loop thread gets the GIL back
-often. The snapshot is approximately as of `taken_at_monotonic`: a relationship added or removed
+single C-level copy (atomic under the GIL), and keeps every C-level step short (at most ~5 ms at
+1M relationships: a chunk of `_NODES` entities or `_WORDS` entries) so the loop thread gets the
+GIL back often (measured: ~0.3 s per 1M relationships, the loop stalled at most ~15 ms). The
+snapshot is approximately as of `taken_at_monotonic`: a relationship added or removed
 while it is being taken may be in it or not, and an entity freed (or whose node number was
 reused) meanwhile is left out together with its relationships.
 
 `analyze` and `detect_cycles_all` spend their time in igraph C calls, which hold the GIL for
-their whole duration (~0.1-0.4 s each at 1M relationships, measured): in a thread they stall
-the event loop that long, so run them in a worker process if that matters. The snapshot is
-plain data and pickles compactly (~16 MB, ~70 ms at 1M relationships) for that.
+their whole duration (~0.1-0.4 s each at 1M relationships): in a thread they stall the event
+loop that long (measured: 0.44 s), in a worker process ~40 ms (sending the snapshot). The
+snapshot is plain data and pickles compactly for that: the names as one string, the arrays as
+bytes.
 """
 
 from __future__ import annotations
@@ -50,14 +52,14 @@ _LOW61 = (1 << 61) - 1
 class EdgeSnapshot:
     """The topology of one namespace, vertex-numbered like the index's node numbers.
 
-    `names[v]` is vertex v's entity, None for a free node number (analysis drops those, with
-    any relationship still touching one); vertex v has `out_degrees[v]` relationships, and they
-    are the next `out_degrees[v]` entries of `targets` / `type_codes` (CSR order): relationship
-    i reads `names[sources[i]] --TYPES_BY_CODE[type_codes[i]]--> names[targets[i]]`, in
-    canonical direction.
+    `names[v]` is vertex v's entity, "" for a free node number (entity ids are never empty;
+    analysis drops those vertices, with any relationship still touching one). Vertex v has
+    `out_degrees[v]` relationships, the next `out_degrees[v]` entries of `targets` and
+    `type_codes` (CSR order). Relationship i reads, in canonical direction:
+    `names[sources[i]] --TYPES_BY_CODE[type_codes[i]]--> names[targets[i]]`.
     """
 
-    names: list[str | None]
+    names: list[str]
     out_degrees: array[int]
     targets: array[int]
     type_codes: array[int]
@@ -74,32 +76,45 @@ class EdgeSnapshot:
 
     @property
     def entity_count(self) -> int:
-        return len(self.names) - self.names.count(None)
+        return len(self.names) - self.names.count("")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles fast, for a worker process: the names travel as one string (ids have no
+        whitespace), so the pickler makes no object per entity while holding the GIL."""
+        blob = "\n".join(self.names)
+        fields = (self.out_degrees, self.targets, self.type_codes, self.relationship_count)
+        return _restore, (len(self.names), blob, *fields, self.taken_at_monotonic)
+
+
+def _restore(count: int, blob: str, *fields: Any) -> EdgeSnapshot:
+    return EdgeSnapshot(blob.split("\n") if count else [], *fields)
 
 
 def capture(index: GraphIndex) -> EdgeSnapshot:
     """A compact copy of the index's topology; never raises because of concurrent mutation."""
     taken = time.monotonic()
     live_names, live_outs, _ = index.adjacency_lists()
-    names = list(live_names)  # a single C-level copy each: atomic under the GIL
+    copied = list(live_names)  # a single C-level copy each: atomic under the GIL
     outs = list(live_outs)
-    capacity = len(names)
+    capacity = len(copied)
     out_degrees: array[int] = array("q")
     packed: array[int] = array("q")
     for lo in range(0, capacity, _NODES):
         hi = lo + _NODES
         part = [
-            _EMPTY if a is None or n is None else a for a, n in zip(outs[lo:hi], names[lo:hi], strict=False)
+            _EMPTY if a is None or n is None else a for a, n in zip(outs[lo:hi], copied[lo:hi], strict=False)
         ]
         blobs = list(map(array.tobytes, part))  # one C-level copy per live array
         packed.frombytes(b"".join(blobs))
         out_degrees.extend(map((3).__rrshift__, map(len, blobs)))
-    # a node number freed, or freed and reused, while the arrays were copied: leave it out
+    # free node numbers, and those freed or reused while the arrays were copied, become ""
     later = live_names[:capacity]
-    for lo in range(0, capacity, _WORDS):
-        changed = map(operator.is_not, names[lo : lo + _WORDS], later[lo : lo + _WORDS])
-        for node in list(compress(range(lo, lo + _WORDS), changed)):
-            names[node] = None
+    names: list[str] = copied  # type: ignore[assignment]  # its Nones are replaced next
+    for lo in range(0, capacity, _NODES):
+        before, after = copied[lo : lo + _NODES], later[lo : lo + _NODES]
+        drop = map(operator.or_, map(operator.not_, before), map(operator.is_not, before, after))
+        for node in list(compress(range(lo, lo + _NODES), drop)):
+            names[node] = ""
     targets: array[int] = array("q")
     type_codes: array[int] = array("b")
     low_byte = 0 if sys.byteorder == "little" else 7
@@ -112,7 +127,7 @@ def capture(index: GraphIndex) -> EdgeSnapshot:
         top = max(top, max(neighbours))
         targets += neighbours
     if top >= capacity:  # an entity interned after the names were copied
-        names.append(None)  # a free vertex to attach its relationships to: analysis drops it
+        names.append("")  # a free vertex to attach its relationships to: analysis drops it
         targets = array("q", (t if t < capacity else capacity for t in targets))
         out_degrees.append(0)
     return EdgeSnapshot(names, out_degrees, targets, type_codes, len(targets), taken)
@@ -161,7 +176,7 @@ def _pairs(
     if reverse:
         sources, targets = targets, sources
     names = snapshot.names
-    if None not in names:  # node numbers are vertex numbers
+    if "" not in names:  # node numbers are vertex numbers
         return zip(sources, targets, strict=True)
     live = bytes(map(bool, names))
     dense = array("q", accumulate(live, initial=-1))

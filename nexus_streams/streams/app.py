@@ -10,29 +10,42 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing as mp
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.types import EventT
 
+from nexus_streams.domain.access import AccessPolicy
+from nexus_streams.domain.errors import NexusError
 from nexus_streams.domain.graph import Put
 from nexus_streams.domain.relationships import SEP, Relationship, RelationshipKey
+from nexus_streams.domain.validation import PatternLimits
 from nexus_streams.messages import Result
 from nexus_streams.metrics import Metrics
+from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
+from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
 from nexus_streams.service import Limits, NamespaceService, Reply
 from nexus_streams.settings import Settings
-from nexus_streams.topics import ALL_TOPICS, EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
+from nexus_streams.store.cache import PatternCache
+from nexus_streams.store.redis import RedisPatternStore
+from nexus_streams.topics import ALL_TOPICS, EXECUTIONS, PATTERNS, QUERIES, RELATIONSHIPS, TopicSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TableRequestLog:
-    """Results by (namespace, request_id), in a changelog-backed table."""
+    """Results by (scope, request_id), in a changelog-backed table; the scope is the namespace,
+    or a fixed one (`scope`) for the pattern registry."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, scope: str | None = None) -> None:
         self.table = table
+        self.scope = scope
 
     def get(self, namespace: str, request_id: str) -> Result | None:
         stored = self.table.get(f"{namespace}{SEP}{request_id}")
@@ -45,7 +58,8 @@ class TableRequestLog:
 
     def put(self, result: Result) -> None:
         assert result.request_id is not None
-        self.table[f"{result.namespace}{SEP}{result.request_id}"] = result.model_dump(mode="json")
+        scope = self.scope or result.namespace
+        self.table[f"{scope}{SEP}{result.request_id}"] = result.model_dump(mode="json")
 
 
 class TableRecords:
@@ -86,6 +100,7 @@ class Tables:
         self.requests = table("requests", "results by namespace/request_id, for idempotent redelivery")
         self.schemas = table("schemas", "namespace schemas by namespace")
         self.progress = table("progress", "highest applied offset of the relationships topic, by partition")
+        self.pattern_requests = table("pattern_requests", "results of pattern commands by request_id")
 
 
 class NamespaceActor:
@@ -115,12 +130,21 @@ class NamespaceActor:
         )
         self.tables = Tables(app, settings.partitions)
         self.request_log = TableRequestLog(self.tables.requests)
+        self._analysis_pool: ProcessPoolExecutor | None = None
         self.service = NamespaceService(
             self.request_log,
             lambda namespace: TableRecords(self.tables.relationships, namespace),
             limits_from(settings),
+            offload=self.in_analysis_process,
         )
         self._pending: set[asyncio.Task[None]] = set()
+
+    def in_analysis_process(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run igraph work in a separate process: in a thread it would hold the GIL (and stall the
+        event loop) for whole C calls. Called from a worker thread, so it may block."""
+        if self._analysis_pool is None:
+            self._analysis_pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        return self._analysis_pool.submit(fn, *args, **kwargs).result()
 
     async def rebuild(self) -> None:
         """After recovery: the live graphs from the tables (the tables are the authority)."""
@@ -149,7 +173,7 @@ class NamespaceActor:
             key=out.key, value=out.value, headers=out.headers, partition=out.partition
         )
 
-    def _write_tables(self, reply: Reply) -> None:
+    def _write_tables(self, reply: Reply, request_log: TableRequestLog) -> None:
         relationships = self.tables.relationships
         for change in reply.changes:
             rel = change.relationship
@@ -165,13 +189,13 @@ class NamespaceActor:
             partition, offset = reply.progress
             self.tables.progress[str(partition)] = offset
         if reply.remember is not None:
-            self.request_log.put(reply.remember)
+            request_log.put(reply.remember)
         for namespace, request_id in reply.forget:
-            self.request_log.forget(namespace, request_id)
+            request_log.forget(namespace, request_id)
 
     async def complete(self, reply: Reply, started: float) -> None:
         """Make a reply durable and visible, then acknowledge its message."""
-        self._write_tables(reply)
+        self._write_tables(reply, self.request_log)
         for out in reply.outbound:
             await self.publish(out)
         if reply.message is not None:
@@ -235,6 +259,66 @@ class NamespaceActor:
             )
 
 
+class PatternActor:
+    """Glue between Faust and `PatternRegistry`: pattern commands in order per pattern id."""
+
+    def __init__(self, app: faust.App, settings: Settings, namespaces: NamespaceActor) -> None:
+        self.settings = settings
+        self.namespaces = namespaces
+        self.store = RedisPatternStore.from_settings(settings)
+        self.cache = PatternCache(settings.pattern_cache_size)
+        self.request_log = TableRequestLog(namespaces.tables.pattern_requests, scope=REQUEST_SCOPE)
+        self.registry = PatternRegistry(
+            self.store,
+            AccessPolicy.of(settings.admin_principals()),
+            self.cache,
+            self.request_log,
+            PatternLimits(
+                max_steps=settings.pattern_max_steps,
+                max_document_bytes=settings.pattern_max_document_bytes,
+                max_inclusion_depth=settings.pattern_max_inclusion_depth,
+            ),
+        )
+        self.topic = namespaces.topics[PATTERNS]
+
+    async def process(self, stream: faust.StreamT[bytes]) -> None:
+        manual_acks = cast(Any, stream).noack()
+        event: EventT[bytes]
+        async for event in manual_acks.events():
+            msg = event.message
+            started = time.perf_counter()
+            reply = await self.registry.handle(
+                Received(PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event)
+            )
+            self.namespaces._write_tables(reply, self.request_log)
+            for out in reply.outbound:
+                await self.namespaces.publish(out)
+            self.namespaces.metrics.observe(PATTERNS, reply, time.perf_counter() - started)
+            event.ack()
+
+    async def register_system_patterns(self) -> None:
+        """At start, idempotently; Redis may come later than the worker: retry until it answers."""
+        delay_s = 0.5
+        while True:
+            try:
+                stored = await register_system_patterns(self.store)
+            except NexusError as exc:
+                log.warning(
+                    "system patterns not registered yet (%s); retrying in %.1fs", exc.message, delay_s
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 30.0)
+                continue
+            for version in stored:
+                self.cache.invalidate(version.pattern_id)
+            log.info(
+                "system patterns registered: %s",
+                ", ".join(f"{v.pattern_id} v{v.version}{'' if v.created else ' (unchanged)'}" for v in stored)
+                or "none (admins changed them)",
+            )
+            return
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -256,5 +340,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     actor.tables.relationships.on_recover(actor.rebuild)
     app.agent(actor.inbound, name="apply_namespace_commands")(actor.process)
     app.timer(interval=settings.maintenance_interval_s)(actor.maintain)
+    patterns = PatternActor(app, settings, actor)
+    app.agent(actor.topics[PATTERNS], name="apply_pattern_commands")(patterns.process)
+    app.task(patterns.register_system_patterns)
     app.nexus_actor = actor  # type: ignore[attr-defined]
+    app.nexus_patterns = patterns  # type: ignore[attr-defined]
     return app

@@ -115,6 +115,8 @@ def worker_env(kafka_bootstrap: str, redis_url: str, run_id: str) -> dict[str, s
         "NEXUS_PARTITIONS": str(PARTITIONS),
         "NEXUS_DATA_DIR": str(REPO / ".stack" / f"worker-data-{run_id}"),
         "NEXUS_METRICS_PORT": str(free_port()),
+        "NEXUS_REDIS_KEY_PREFIX": f"nexus-test-{run_id}:",
+        "NEXUS_ADMINS": "admin",
         # short enough for a test to see a parked query time out
         "NEXUS_MIN_OFFSET_WAIT_S": "4",
     }

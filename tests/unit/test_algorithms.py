@@ -18,10 +18,12 @@ from nexus_streams.domain.algorithms import (
     resolve_dependencies,
     traverse,
 )
+from nexus_streams.domain.analysis import capture, detect_cycles_all
 from nexus_streams.domain.errors import (
     CycleDetected,
     ErrorCode,
     ResourceLimit,
+    UnknownRelationshipType,
     ValidationFailed,
 )
 from nexus_streams.domain.index import Direction, GraphIndex
@@ -172,9 +174,7 @@ def test_find_path__visit_limit__not_reached_when_the_path_is_found_first() -> N
     [({"max_depth": -1}, "max_depth"), ({"max_depth": 2, "types": []}, "types")],
     ids=repr,
 )
-def test_find_path__invalid_arguments__raise_validation_failed(
-    kwargs: dict[str, object], field: str
-) -> None:
+def test_find_path__invalid_arguments__raise_validation_failed(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationFailed) as caught:
         find_path(CHAIN, "user:1", "user:2", **kwargs)  # type: ignore[arg-type]
     assert caught.value.details["field"] == field
@@ -203,9 +203,7 @@ TRAVERSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("start", "max_depth", "direction", "types", "expected"), TRAVERSE_CASES, ids=repr
-)
+@pytest.mark.parametrize(("start", "max_depth", "direction", "types", "expected"), TRAVERSE_CASES, ids=repr)
 def test_traverse__table(
     start: str,
     max_depth: int,
@@ -385,9 +383,9 @@ def test_resolve_dependencies__visit_limit__raises_resource_limit() -> None:
 
 directions = st.sampled_from(list(Direction))
 type_sets = st.none() | st.sets(st.sampled_from(list(RelationType)), min_size=1)
-acyclic_type_sets = st.none() | st.sets(
-    st.sampled_from([OWNER, MEMBER, PARENT, CHILD]), min_size=1
-).filter(lambda ts: not {PARENT, CHILD} <= ts)
+acyclic_type_sets = st.none() | st.sets(st.sampled_from([OWNER, MEMBER, PARENT, CHILD]), min_size=1).filter(
+    lambda ts: not {PARENT, CHILD} <= ts
+)
 entities = st.sampled_from([*ENTITIES, "nobody"])
 
 
@@ -495,3 +493,17 @@ def assert_cycle(g: nx.DiGraph, cycle: list[str]) -> None:
     assert len(set(cycle[:-1])) == len(cycle) - 1
     for a, b in zip(cycle, cycle[1:], strict=False):
         assert g.has_edge(a, b)
+
+
+def test_find_path__types_given_as_strings__read_like_the_members() -> None:
+    path = find_path(CHAIN, "user:3", "user:2", max_depth=1, direction=OUT, types=["linked"])  # type: ignore[list-item]
+    assert path is not None and path.entities == ["user:3", "user:2"]
+    with pytest.raises(UnknownRelationshipType) as caught:
+        traverse(CHAIN, "user:1", max_depth=1, types=["friend"])  # type: ignore[list-item]
+    assert caught.value.details == {"field": "type"}
+
+
+def test_detect_cycles_from__parallel_relationships__one_cycle() -> None:
+    index = graph(("e1", OWNER, "e0"), ("e1", MEMBER, "e0"), ("e0", PARENT, "e1"))
+    assert detect_cycles_from(index, "e0") == [["e0", "e1", "e0"]]
+    assert detect_cycles_all(capture(index), types=None) in ([["e0", "e1", "e0"]], [["e1", "e0", "e1"]])

@@ -41,12 +41,12 @@ DEFAULT_DEPENDENCIES = [OWNER, MEMBER, PARENT]
 
 
 def edges(snapshot: EdgeSnapshot) -> list[RelationshipKey]:
-    """The relationships a snapshot holds, as canonical keys (free vertices' left out)."""
+    """The relationships a snapshot holds, as canonical keys (those of free vertices left out)."""
     names = snapshot.names
     found = []
     for s, t, c in zip(snapshot.sources, snapshot.targets, snapshot.type_codes, strict=True):
         source, target = names[s], names[t]
-        if source is not None and target is not None:
+        if source and target:
             found.append(RelationshipKey(source, TYPES_BY_CODE[c], target))
     return found
 
@@ -82,7 +82,7 @@ def test_capture__free_node_numbers__left_out() -> None:
     index = graph(("a", OWNER, "b"), ("c", OWNER, "d"), ("e", OWNER, "f"))
     index.remove(canonical_key("c", OWNER, "d"))
     snapshot = capture(index)
-    assert snapshot.names.count(None) == 2
+    assert snapshot.names.count("") == 2
     assert snapshot.entity_count == 4
     assert sorted(edges(snapshot), key=repr) == sorted(keys_in(index), key=repr)
     g = build_graph(snapshot)
@@ -91,11 +91,17 @@ def test_capture__free_node_numbers__left_out() -> None:
     assert sorted((names[s], names[t]) for s, t in g.get_edgelist()) == [("a", "b"), ("e", "f")]
 
 
-def test_capture__pickles_to_the_same_snapshot() -> None:
-    snapshot = capture(graph(("a", OWNER, "b"), ("b", LINKED, "c")))
+@pytest.mark.parametrize("remove", [False, True], ids=["dense", "with free numbers"])
+def test_capture__pickles_to_the_same_snapshot(remove: bool) -> None:
+    index = graph(("a", OWNER, "b"), ("b", LINKED, "c"), ("x", OWNER, "y"))
+    if remove:
+        index.remove(canonical_key("x", OWNER, "y"))
+    snapshot = capture(index)
     again = pickle.loads(pickle.dumps(snapshot))
     assert again == snapshot
     assert edges(again) == edges(snapshot)
+    empty = capture(GraphIndex())
+    assert pickle.loads(pickle.dumps(empty)) == empty
 
 
 @pytest.mark.parametrize(
@@ -265,9 +271,7 @@ def test_analyze__matches_networkx_and_the_index(
     }
     assert result["degree_distribution"] == {str(d): n for d, n in index.degree_histogram().items()}
     assert sorted((r["entity"], r["degree"]) for r in result["top_by_degree"]) == sorted(g.degree())
-    assert sum(r["score"] for r in result["top_by_pagerank"]) == pytest.approx(
-        1.0 if keys else 0.0, abs=1e-6
-    )
+    assert sum(r["score"] for r in result["top_by_pagerank"]) == pytest.approx(1.0 if keys else 0.0, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- detect_cycles_all
@@ -296,9 +300,7 @@ CYCLES = graph(
     ],
     ids=repr,
 )
-def test_detect_cycles_all__table(
-    types: list[RelationType] | None, expected: list[list[str]]
-) -> None:
+def test_detect_cycles_all__table(types: list[RelationType] | None, expected: list[list[str]]) -> None:
     cycles = detect_cycles_all(capture(CYCLES), types=types)
     rotations = sorted(sorted(c[:-1]) for c in cycles)
     assert rotations == expected
@@ -314,9 +316,7 @@ def test_detect_cycles_all__symmetric_types__validation_failed(types: list[Relat
 
 def test_detect_cycles_all__max_cycles__caps_and_spreads_over_components() -> None:
     written = [(f"k{i}", OWNER, f"k{j}") for i in range(5) for j in range(5) if i != j]
-    written += [(f"{p}1", OWNER, f"{p}2") for p in "uvw"] + [
-        (f"{p}2", OWNER, f"{p}1") for p in "uvw"
-    ]
+    written += [(f"{p}1", OWNER, f"{p}2") for p in "uvw"] + [(f"{p}2", OWNER, f"{p}1") for p in "uvw"]
     snapshot = capture(graph(*written))
     cycles = detect_cycles_all(snapshot, types=None, max_cycles=4)
     assert len(cycles) == 4

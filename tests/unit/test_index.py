@@ -210,9 +210,7 @@ def test_index__counts_and_histogram__sample() -> None:
 
 # --------------------------------------------------------------------------- properties
 
-operations = st.lists(
-    st.tuples(st.booleans(), random_keys().filter(bool).map(lambda ks: ks[0])), max_size=60
-)
+operations = st.lists(st.tuples(st.booleans(), random_keys().filter(bool).map(lambda ks: ks[0])), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
