@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STACK := bash scripts/stack.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install stack-up stack-down stack-status demo test test-unit test-integration lint topics-gen worker clean
+.PHONY: help install stack-up stack-down stack-status demo test test-unit test-integration lint topics-gen worker clean bench
 
 help:
 	@echo "make demo          install, start the local stack, run a worker, send one command"
@@ -53,6 +53,9 @@ test-integration: install
 lint: install
 	$(VENV)/bin/ruff check nexus_streams tests scripts $(wildcard bench)
 	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/graph.py
 
 topics-gen: install
 	$(PY) scripts/gen_topics.py

@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -24,10 +25,16 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def output_console() -> Console:
+    """Tables on stdout; piped output gets a wide fixed width instead of being cut at 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; turn the errors a user can fix into one line and exit code 1."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
+    from nexus_streams.domain.errors import NexusError
     from nexus_streams.streams.admin import TopicMismatch
 
     try:
@@ -41,6 +48,8 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         )
     except KafkaError as exc:
         console.print(f"[red]error:[/red] Kafka: {exc}")
+    except NexusError as exc:
+        console.print(f"[red]error:[/red] {exc.code.value}: {exc.message}")
     except TimeoutError:
         console.print("[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?")
     raise typer.Exit(1)
@@ -105,6 +114,101 @@ def send(
     print(json.dumps(result, indent=2))
     if result.get("status") != "ok":
         raise typer.Exit(1)
+
+
+patterns_app = typer.Typer(help="Store and inspect patterns.", pretty_exceptions_enable=False)
+app.add_typer(patterns_app, name="patterns")
+
+
+def _pattern_store() -> Any:
+    from nexus_streams.store.redis import RedisPatternStore
+
+    return RedisPatternStore.from_settings(Settings())
+
+
+async def _with_store(call: Callable[[Any], Awaitable[T]]) -> T:
+    store = _pattern_store()
+    try:
+        return await call(store)
+    finally:
+        await store.close()
+
+
+@patterns_app.command("push")
+def patterns_push(
+    file: Annotated[Path, typer.Argument(help="a pattern document, YAML or JSON", exists=True)],
+    principal: Annotated[str, typer.Option(help="who stores it (its owner if new)")] = "cli",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 30.0,
+) -> None:
+    """Store a pattern through the patterns topic; print the result (exit 1 on an error)."""
+    from nexus_streams.client import NexusClient
+    from nexus_streams.domain.errors import NexusError
+    from nexus_streams.domain.patterns import load_document
+
+    try:
+        document = load_document(file.read_bytes())
+    except NexusError as exc:
+        console.print(f"[red]error:[/red] {file}: {exc.message}")
+        raise typer.Exit(2) from None
+    pattern_id = str(document.get("id") or "")
+    command = {
+        "request_id": f"cli-{uuid.uuid4()}",
+        "principal": principal,
+        "action": "store",
+        "pattern": document,
+    }
+
+    async def run() -> dict[str, Any]:
+        async with NexusClient(Settings()) as client:
+            return await client.request("patterns", pattern_id, command, timeout_s=timeout)
+
+    result = run_async(run())
+    print(json.dumps(result, indent=2))
+    if result.get("status") != "ok":
+        raise typer.Exit(1)
+
+
+@patterns_app.command("list")
+def patterns_list() -> None:
+    """Every stored pattern, with its latest version, kind and owner."""
+    from rich.table import Table
+
+    summaries = run_async(_with_store(lambda store: store.list()))
+    table = Table("id", "name", "kind", "version", "owner", "deprecated", "updated")
+    for s in summaries:
+        table.add_row(
+            s.id,
+            s.name,
+            s.kind.value,
+            str(s.latest_version),
+            s.owner or "",
+            "yes" if s.deprecated else "",
+            s.updated_at.isoformat() if s.updated_at else "",
+        )
+    output_console().print(table)
+
+
+@patterns_app.command("show")
+def patterns_show(
+    pattern_id: Annotated[str, typer.Argument(help="pattern id")],
+    version: Annotated[int | None, typer.Option(help="a version; the latest when absent")] = None,
+) -> None:
+    """A pattern's document (JSON), as `patterns push` takes it back."""
+    pattern = run_async(_with_store(lambda store: store.get(pattern_id, version)))
+    print(json.dumps(pattern.to_document(), indent=2))
+
+
+@patterns_app.command("stats")
+def patterns_stats(pattern_id: Annotated[str, typer.Argument(help="pattern id")]) -> None:
+    """Executions, successes, failures and durations of a pattern, in total and per version."""
+    from rich.table import Table
+
+    stats = run_async(_with_store(lambda store: store.stats(pattern_id))).to_dict()
+    columns = {"all versions": stats["total"], **{f"v{v}": row for v, row in stats["versions"].items()}}
+    table = Table("", *columns)
+    for name in stats["total"]:
+        table.add_row(name, *("" if row.get(name) is None else str(row[name]) for row in columns.values()))
+    output_console().print(table)
 
 
 @app.command()
