@@ -25,11 +25,11 @@ from typing import Any, Protocol
 
 from nexus_streams.codec import Undecodable, decode_object, parse_action, parse_model, request_id_of
 from nexus_streams.domain import algorithms, analysis
+from nexus_streams.domain.access import AccessPolicy
 from nexus_streams.domain.errors import (
     BatchTooLarge,
     ErrorCode,
     NexusError,
-    NotFound,
     PathNotFound,
     ResourceLimit,
     Timeout,
@@ -59,6 +59,7 @@ from nexus_streams.domain.relationships import (
     parse_type,
 )
 from nexus_streams.domain.schema import Schema
+from nexus_streams.executions import Executions, ExecutionStats, PatternLookup, ResumeExecution
 from nexus_streams.messages import (
     DEFAULT_NAMESPACE,
     NAMESPACE_REGEX,
@@ -137,6 +138,12 @@ class Reply:
     schema: tuple[str, dict[str, list[str]] | None] | None = None
     #: remembered results to forget: (namespace, request_id), past their retention
     forget: list[tuple[str, str]] = field(default_factory=list)
+    #: an execution's state to store (key, state) or to drop (key, None)
+    execution_state: tuple[str, dict[str, Any] | None] | None = None
+    #: wake this waiting execution (namespace, request_id) at this time
+    wake_at: tuple[str, str, datetime] | None = None
+    #: a finished execution to count (pattern statistics, metrics)
+    execution_stats: ExecutionStats | None = None
     #: (partition, offset) of the relationships topic now applied
     progress: tuple[int, int] | None = None
     deferred: Deferred | None = None
@@ -177,6 +184,7 @@ class NamespaceService:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         offload: Callable[..., Any] | None = None,
+        executions: Executions | None = None,
     ) -> None:
         self.requests = requests
         self.records_for = records_for
@@ -187,6 +195,7 @@ class NamespaceService:
         #: process pool, tests run it inline
         self.offload: Callable[..., Any] = offload or (lambda fn, *args, **kwargs: fn(*args, **kwargs))
         self.graphs: dict[str, Graph] = {}
+        self.executions = executions or Executions(AccessPolicy.of(()))
         #: relationships-topic partition -> highest offset applied
         self.applied: dict[int, int] = {}
         self._parked: dict[int, list[_Parked]] = {}
@@ -205,6 +214,7 @@ class NamespaceService:
     def reset(self) -> None:
         """Forget everything: the assignment changed, state is reloaded, parked queries come again."""
         self.graphs.clear()
+        self.executions.reset()
         self._parked.clear()
         self._request_times.clear()
         self.applied.clear()
@@ -232,9 +242,11 @@ class NamespaceService:
 
     # -- the actor -----------------------------------------------------------------------------
 
-    def handle(self, msg: Received) -> list[Reply]:
+    def handle(self, msg: Received, patterns: PatternLookup | None = None) -> list[Reply]:
         """The replies to one message. After making those of a relationships message durable,
-        the caller asks `release_parked(partition)` for the queries that waited for it."""
+        the caller asks `release_parked(partition)` for the queries that waited for it.
+        `patterns`: those an execution message needs, fetched by the caller beforehand."""
+        self.executions.lookup = patterns or PatternLookup()
         replies = self._handle(msg)
         for reply in replies:
             if reply.remember is not None and reply.remember.request_id is not None:
@@ -323,6 +335,8 @@ class NamespaceService:
         if spec is QUERIES:
             return parse_action(QUERY_ACTIONS, data, "queries")
         if spec is EXECUTIONS:
+            if data.get("action") == "resume":
+                return parse_model(ResumeExecution, data)
             return parse_model(ExecutionRequest, data)
         raise ValueError(f"the namespace actor does not read {spec.name}")
 
@@ -345,6 +359,8 @@ class NamespaceService:
         return replies
 
     def _command(self, msg: Received, namespace: str, command: Inbound, data: dict[str, Any]) -> Reply:
+        if isinstance(command, ExecutionRequest | ResumeExecution):
+            return self._execute(msg, namespace, command, data)
         graph = self.graph(namespace)
         savepoint = graph.savepoint()
         try:
@@ -414,8 +430,6 @@ class NamespaceService:
             )
         if isinstance(command, Expire):
             return plan_expire(graph, now), None
-        if isinstance(command, ExecutionRequest):
-            raise NotFound(f"pattern {command.pattern_id!r} not found", pattern_id=command.pattern_id)
         return self._run_step(graph, command, now), None
 
     def _run_step(self, graph: Graph, step: Step | Inbound, now: datetime) -> Outcome:
@@ -445,6 +459,62 @@ class NamespaceService:
         if isinstance(step, DeleteEntityFields):
             return plan_delete_entity(graph, step.entity, self.limits.max_delete_entity)
         raise ValidationFailed(f"{type(step).__name__} is not a relationship command")
+
+    # -- executions ----------------------------------------------------------------------------
+
+    def _execute(
+        self, msg: Received, namespace: str, command: ExecutionRequest | ResumeExecution, data: dict[str, Any]
+    ) -> Reply:
+        graph = self.graph(namespace)
+        now = self.clock()
+        try:
+            if isinstance(command, ResumeExecution):
+                ran = self.executions.resume(namespace, command.execution, graph, now)
+            else:
+                ran = self.executions.start(command, namespace, graph, now)
+        except NexusError as exc:
+            pattern_id = command.pattern_id if isinstance(command, ExecutionRequest) else None
+            return self._error(msg, namespace, command.request_id, "execute", data, exc, pattern_id)
+        except Exception as exc:  # a bug must not kill the agent: answer and log it
+            log.exception(
+                "internal error running an execution on %s[%d]@%d", msg.topic, msg.partition, msg.offset
+            )
+            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            return self._error(msg, namespace, command.request_id, "execute", data, internal)
+        if ran is None:
+            return Reply(msg, namespace=namespace)  # a duplicate of a running request, or a late resume
+        execution = ran.execution
+        key = Executions.stored_key(namespace, execution.request_id)
+        reply = Reply(msg, namespace=namespace, changes=ran.changes)
+        if ran.outcome is None:
+            assert ran.wait_until is not None
+            reply.execution_state = (key, ran.state)
+            reply.wake_at = (namespace, execution.request_id, ran.wait_until)
+        else:
+            outcome = ran.outcome
+            error = ErrorBody.model_validate(outcome.error) if outcome.error else None
+            result = Result(
+                request_id=execution.request_id,
+                namespace=namespace,
+                pattern_id=outcome.pattern_id,
+                action="execute",
+                status=outcome.status,
+                output=outcome.output(),
+                error=error,
+                offset=self.applied.get(msg.partition),
+                source=SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset),
+                processed_at=now,
+            )
+            reply.result = reply.remember = result
+            reply.outbound.append(result_message(result))
+            reply.execution_state = (key, None)
+            reply.execution_stats = ran.stats
+        reply.outbound += [event_message(e) for e in ran.events]
+        return reply
+
+    def waiting_due(self, now: datetime) -> list[tuple[str, str]]:
+        """Waiting executions (namespace, request_id) whose wake-up time has come."""
+        return self.executions.due(now)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -676,6 +746,7 @@ class NamespaceService:
         action: str | None,
         data: dict[str, Any],
         exc: NexusError,
+        pattern_id: str | None = None,
     ) -> Reply:
         now = self.clock()
         source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
@@ -684,6 +755,7 @@ class NamespaceService:
         result = Result(
             request_id=request_id,
             namespace=namespace,
+            pattern_id=pattern_id,
             action=action,
             status="error",
             error=body,
@@ -696,6 +768,7 @@ class NamespaceService:
             type="error",
             namespace=namespace,
             occurred_at=now,
+            pattern_id=pattern_id,
             request_id=request_id,
             principal=principal,
             error=body,

@@ -14,16 +14,21 @@ import multiprocessing as mp
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import EventT
 
 from nexus_streams.domain.access import AccessPolicy
-from nexus_streams.domain.errors import NexusError
+from nexus_streams.domain.errors import NexusError, NotFound
+from nexus_streams.domain.execution import ExecutionLimits
 from nexus_streams.domain.graph import Put
 from nexus_streams.domain.relationships import SEP, Relationship, RelationshipKey
 from nexus_streams.domain.validation import PatternLimits
+from nexus_streams.executions import Executions, ExecutionStats, PatternLookup
 from nexus_streams.messages import Result
 from nexus_streams.metrics import Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
@@ -31,9 +36,19 @@ from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
 from nexus_streams.service import Limits, NamespaceService, Reply
 from nexus_streams.settings import Settings
+from nexus_streams.store.base import PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
-from nexus_streams.topics import ALL_TOPICS, EXECUTIONS, PATTERNS, QUERIES, RELATIONSHIPS, TopicSpec
+from nexus_streams.topics import (
+    ALL_TOPICS,
+    EVENTS,
+    EXECUTIONS,
+    PATTERNS,
+    QUERIES,
+    RELATIONSHIPS,
+    Header,
+    TopicSpec,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +89,13 @@ class TableRecords:
         return None if record is None else Relationship.from_record(self.namespace, key, record)
 
 
+def _put_or_delete(table: Any, key: str, value: Any) -> None:
+    if value is not None:
+        table[key] = value
+    elif key in table:
+        del table[key]
+
+
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
@@ -101,15 +123,28 @@ class Tables:
         self.schemas = table("schemas", "namespace schemas by namespace")
         self.progress = table("progress", "highest applied offset of the relationships topic, by partition")
         self.pattern_requests = table("pattern_requests", "results of pattern commands by request_id")
+        self.executions = table("executions", "waiting pattern executions by namespace/request_id")
 
 
 class NamespaceActor:
     """Glue between Faust and `NamespaceService`: feed it messages, make its replies durable."""
 
-    def __init__(self, app: faust.App, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        metrics: Metrics,
+        store: PatternStore,
+        cache: PatternCache,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.store = store
+        self.cache = cache
+        self.policy = AccessPolicy.of(settings.admin_principals())
+        #: waiting executions whose resume was sent, and when (so it is not sent every tick)
+        self._resume_sent: dict[tuple[str, str], float] = {}
         self.topics: dict[TopicSpec, faust.TopicT] = {
             spec: app.topic(
                 settings.topic(spec.name),
@@ -136,6 +171,14 @@ class NamespaceActor:
             lambda namespace: TableRecords(self.tables.relationships, namespace),
             limits_from(settings),
             offload=self.in_analysis_process,
+            executions=Executions(
+                self.policy,
+                ExecutionLimits(
+                    visit_limit=settings.visit_limit,
+                    max_delete_entity=settings.max_delete_entity,
+                    max_nesting_depth=settings.pattern_max_inclusion_depth,
+                ),
+            ),
         )
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -161,6 +204,9 @@ class NamespaceActor:
         service.sort_requests()
         for partition, offset in tables.progress.items():
             service.load_progress(int(partition), int(offset))
+        for stored_key, state in tables.executions.items():
+            service.executions.load(stored_key, state)
+        self._resume_sent.clear()
         log.info(
             "graphs rebuilt in %.2fs: %d namespaces, %d relationships",
             time.perf_counter() - started,
@@ -174,20 +220,19 @@ class NamespaceActor:
         )
 
     def _write_tables(self, reply: Reply, request_log: TableRequestLog) -> None:
-        relationships = self.tables.relationships
+        tables = self.tables
         for change in reply.changes:
             rel = change.relationship
-            stored_key = rel.key.as_stored(rel.namespace)
-            if isinstance(change, Put):
-                relationships[stored_key] = rel.to_record()
-            elif stored_key in relationships:
-                del relationships[stored_key]
+            value = rel.to_record() if isinstance(change, Put) else None
+            _put_or_delete(tables.relationships, rel.key.as_stored(rel.namespace), value)
         if reply.schema is not None:
             namespace, document = reply.schema
-            self.tables.schemas[namespace] = document
+            tables.schemas[namespace] = document
         if reply.progress is not None:
             partition, offset = reply.progress
-            self.tables.progress[str(partition)] = offset
+            tables.progress[str(partition)] = offset
+        if reply.execution_state is not None:
+            _put_or_delete(tables.executions, *reply.execution_state)
         if reply.remember is not None:
             request_log.put(reply.remember)
         for namespace, request_id in reply.forget:
@@ -198,6 +243,10 @@ class NamespaceActor:
         self._write_tables(reply, self.request_log)
         for out in reply.outbound:
             await self.publish(out)
+        if reply.wake_at is not None:
+            self.schedule_resume(*reply.wake_at)
+        if reply.execution_stats is not None:
+            await self.count_execution(reply.execution_stats)
         if reply.message is not None:
             self.metrics.observe(reply.message.spec, reply, time.perf_counter() - started)
             event = reply.message.token
@@ -229,7 +278,8 @@ class NamespaceActor:
                 value=msg.value,
                 token=event,
             )
-            replies = self.service.handle(received)
+            patterns = await self.prefetch(received) if received.spec is EXECUTIONS else None
+            replies = self.service.handle(received, patterns)
             for reply in replies:
                 await self.dispatch(reply, started)
             if received.spec is RELATIONSHIPS:
@@ -244,11 +294,97 @@ class NamespaceActor:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def prefetch(self, received: Received) -> PatternLookup:
+        """The patterns an execution message needs (its pattern and those it includes), fetched
+        from the cache or Redis before the message is handled (handling is synchronous)."""
+        wanted = self._pattern_wanted(received)
+        lookup = PatternLookup()
+        try:
+            for _ in range(self.settings.pattern_max_inclusion_depth + 2):
+                following: list[tuple[str, int | None]] = []
+                for pattern_id, version in wanted:
+                    try:
+                        pattern = await self.cache.fetch(self.store, pattern_id, version)
+                    except NotFound:
+                        continue  # the service answers not_found
+                    lookup.add(pattern, latest=version is None)
+                    following += [(i.pattern_id, i.version) for i in pattern.includes()]
+                wanted = [ref for ref in following if ref[1] is None or ref not in lookup.by_version]
+                if not wanted:
+                    break
+        except NexusError as exc:  # Redis down after retries: the execution answers store_unavailable
+            return PatternLookup(error=exc)
+        return lookup
+
+    def _pattern_wanted(self, received: Received) -> list[tuple[str, int | None]]:
+        try:
+            data = json.loads(received.value or b"")
+            namespace = (received.key or b"default").decode()
+        except (ValueError, UnicodeDecodeError):
+            return []  # the service reports what is wrong with the message
+        if not isinstance(data, dict):
+            return []
+        if data.get("action") == "resume":
+            ref = self.service.executions.pattern_of(namespace, str(data.get("execution")))
+            return [] if ref is None else [ref]
+        version = data.get("version")
+        if isinstance(data.get("pattern_id"), str):
+            return [(data["pattern_id"], version if isinstance(version, int) else None)]
+        return []
+
+    def schedule_resume(self, namespace: str, request_id: str, at: datetime) -> None:
+        delay_s = max(0.0, (at - self.service.clock()).total_seconds())
+        self._resume_sent[(namespace, request_id)] = time.monotonic() + delay_s
+        asyncio.get_running_loop().call_later(
+            delay_s, lambda: self._spawn(self.send_resume(namespace, request_id))
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def send_resume(self, namespace: str, request_id: str) -> None:
+        """Wake a waiting execution through its partition, in order with the other commands."""
+        self._resume_sent[(namespace, request_id)] = time.monotonic()
+        await self.topics[EXECUTIONS].send(
+            key=namespace.encode(),
+            value=json.dumps(
+                {
+                    "request_id": f"resume:{request_id}:{int(time.time() * 1000)}",
+                    "principal": "system",
+                    "action": "resume",
+                    "execution": request_id,
+                }
+            ).encode(),
+        )
+
+    async def count_execution(self, stats: ExecutionStats) -> None:
+        self.metrics.observe_execution(stats)
+        try:
+            await self.store.record_execution(
+                stats.pattern_id,
+                stats.version,
+                stats.status,
+                stats.duration_ms,
+                stats.error_code,
+                error_message=stats.error_message,
+                execution_id=stats.execution_id,
+            )
+        except NexusError as exc:  # statistics must not fail the execution, which is committed
+            log.warning("statistics of execution %s not recorded: %s", stats.execution_id, exc.message)
+
     async def maintain(self) -> None:
-        """Time out overdue parked queries; ask the owners of expired relationships to drop them."""
+        """Time out overdue parked queries; ask the owners of expired relationships to drop them;
+        wake waiting executions whose time has come (after a restart, or if a wake-up was lost)."""
         for reply in self.service.release_overdue():
             await self.complete(reply, time.perf_counter())
         now = self.service.clock()
+        self.metrics.executions_in_flight.set(len(self.service.executions.waiting))
+        for namespace, request_id in self.service.waiting_due(now):
+            sent = self._resume_sent.get((namespace, request_id))
+            if sent is None or time.monotonic() - sent > 5.0:
+                await self.send_resume(namespace, request_id)
         for namespace in self.service.namespaces_due(now):
             request_id = f"expire:{int(now.timestamp() * 1000)}"
             await self.topics[RELATIONSHIPS].send(
@@ -265,12 +401,12 @@ class PatternActor:
     def __init__(self, app: faust.App, settings: Settings, namespaces: NamespaceActor) -> None:
         self.settings = settings
         self.namespaces = namespaces
-        self.store = RedisPatternStore.from_settings(settings)
-        self.cache = PatternCache(settings.pattern_cache_size)
+        self.store = namespaces.store
+        self.cache = namespaces.cache
         self.request_log = TableRequestLog(namespaces.tables.pattern_requests, scope=REQUEST_SCOPE)
         self.registry = PatternRegistry(
             self.store,
-            AccessPolicy.of(settings.admin_principals()),
+            namespaces.policy,
             self.cache,
             self.request_log,
             PatternLimits(
@@ -319,6 +455,27 @@ class PatternActor:
             return
 
 
+async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None:
+    """Every worker reads the pattern events (from their end, all partitions, no group) and drops
+    changed patterns from its cache, whichever worker applied the change."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        topic = settings.topic(EVENTS.name)
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        async for record in consumer:
+            headers = dict(record.headers or ())
+            event_type = headers.get(Header.EVENT_TYPE.value, b"").decode()
+            pattern_id = headers.get(Header.PATTERN_ID.value)
+            if pattern_id and event_type in ("pattern_stored", "pattern_deprecated", "pattern_deleted"):
+                cache.invalidate(pattern_id.decode())
+    finally:
+        await consumer.stop()
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -336,13 +493,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
-    actor = NamespaceActor(app, settings, metrics or Metrics())
+    store = RedisPatternStore.from_settings(settings)
+    cache = PatternCache(settings.pattern_cache_size)
+    actor = NamespaceActor(app, settings, metrics or Metrics(), store, cache)
     actor.tables.relationships.on_recover(actor.rebuild)
     app.agent(actor.inbound, name="apply_namespace_commands")(actor.process)
     app.timer(interval=settings.maintenance_interval_s)(actor.maintain)
     patterns = PatternActor(app, settings, actor)
     app.agent(actor.topics[PATTERNS], name="apply_pattern_commands")(patterns.process)
     app.task(patterns.register_system_patterns)
+    app.task(partial(follow_pattern_events, settings, cache))
     app.nexus_actor = actor  # type: ignore[attr-defined]
     app.nexus_patterns = patterns  # type: ignore[attr-defined]
     return app

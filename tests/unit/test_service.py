@@ -17,7 +17,8 @@ import pytest
 from nexus_streams.codec import MAX_MESSAGE_BYTES
 from nexus_streams.domain.errors import CycleDetected, NotFound, ResourceLimit
 from nexus_streams.domain.graph import MemoryRecords, Put, Remove
-from nexus_streams.domain.relationships import Relationship, RelationshipKey, RelationType
+from nexus_streams.domain.relationships import Relationship, RelationshipKey, RelationType, canonical_key
+from nexus_streams.executions import PatternLookup
 from nexus_streams.messages import RESULT_ADAPTER, Result
 from nexus_streams.service import Limits, NamespaceService, Outbound, Received, Reply
 from nexus_streams.topics import (
@@ -1704,8 +1705,9 @@ def test_service__executions__pattern_not_found(worker: Worker) -> None:
     request = {"request_id": "x-1", "principal": "user:admin", "pattern_id": "onboard", "input": {}}
     reply = worker.one(request, spec=EXECUTIONS)
     error = assert_error(reply, "not_found", "x-1")
-    assert error["details"] == {"pattern_id": "onboard"}
-    assert result_of(reply).get("action") is None
+    assert error["details"] == {"pattern_id": "onboard", "version": None}
+    assert result_of(reply)["action"] == "execute"
+    assert result_of(reply)["pattern_id"] == "onboard"
     assert reply.remember == reply.result
     assert reply.progress is None
 
@@ -1840,3 +1842,117 @@ def test_service__remembered_results__forgotten_after_the_retention(rebuilt: boo
     again = worker.one(create(request_id="r-old"))
     assert body(only(again, RESULTS))["error"]["code"] == "duplicate_relationship"
     assert first["relationship"]["source"] == "user:1"
+
+
+# --------------------------------------------------------------------------- executions
+
+
+def _lookup(*documents: dict[str, Any]) -> PatternLookup:
+    from nexus_streams.domain.validation import validate_pattern
+    from nexus_streams.patterns import system_patterns
+
+    lookup = PatternLookup()
+    for pattern in [*system_patterns(), *(validate_pattern(d) for d in documents)]:
+        lookup.add(pattern, latest=True)
+    return lookup
+
+
+def _execute(worker: Worker, request_id: str, pattern_id: str, lookup: PatternLookup, **fields: Any) -> Reply:
+    msg = worker.message(
+        {"request_id": request_id, "principal": "user:admin", "pattern_id": pattern_id, **fields},
+        spec=EXECUTIONS,
+    )
+    [reply] = worker.service.handle(msg, lookup)
+    worker.complete(reply)
+    return reply
+
+
+def test_service__execute_user_onboarding__commits_and_reports(worker: Worker) -> None:
+    reply = _execute(
+        worker, "x-1", "user_onboarding", _lookup(), input={"source": "user:9", "target": "wallet:9"}
+    )
+    result = result_of(reply)
+    assert result["status"] == "ok", result
+    assert result["pattern_id"] == "user_onboarding"
+    assert result["output"]["steps"]["create"]["status"] == "completed"
+    types = [body(o)["type"] for o in reply.outbound if o.spec is EVENTS]
+    assert "relationship_created" in types and "user_created" in types and "pattern_executed" in types
+    assert types.index("relationship_created") < types.index("user_created")
+    assert all(
+        o.headers.get("nexus-pattern-id") == b"user_onboarding" for o in reply.outbound if o.spec is EVENTS
+    )
+    [change] = reply.changes
+    assert change.relationship.metadata == {"wallet_type": "primary"}
+    assert reply.execution_stats is not None and reply.execution_stats.status == "ok"
+    assert reply.remember == reply.result
+    # the same request again: the same result, no second effect
+    again = worker.one(
+        {
+            "request_id": "x-1",
+            "principal": "user:admin",
+            "pattern_id": "user_onboarding",
+            "input": {"source": "user:9", "target": "wallet:9"},
+        },
+        spec=EXECUTIONS,
+    )
+    assert result_of(again) == result
+    assert again.changes == []
+
+
+def test_service__execute_financial_transaction__path_not_found_changes_nothing(worker: Worker) -> None:
+    reply = _execute(
+        worker, "x-2", "financial_transaction", _lookup(), input={"source": "user:a", "target": "user:b"}
+    )
+    result = result_of(reply)
+    assert result["status"] == "error"
+    assert result["error"]["code"] == "path_not_found"
+    assert reply.changes == []
+    assert result_of(reply)["output"]["steps"]["find_path"]["status"] == "failed"
+    assert "execution_failed" in [body(o)["type"] for o in reply.outbound if o.spec is EVENTS]
+
+
+def test_service__execute_waiting__state_kept_duplicate_ignored_resume_finishes(worker: Worker) -> None:
+    flaky = {
+        "id": "flaky",
+        "name": "Flaky",
+        "description": "fails once, then succeeds",
+        "steps": [
+            {
+                "type": "control",
+                "action": "fail",
+                "parameters": {"code": "timeout", "message": "slow", "times": 1},
+                "retry": {"max_attempts": 3, "initial_backoff_ms": 500, "jitter": 0},
+            },
+            {
+                "type": "relationship",
+                "action": "create",
+                "parameters": {"type": "member"},
+                "depends_on": ["fail"],
+            },
+        ],
+    }
+    lookup = _lookup(flaky)
+    first = _execute(worker, "x-3", "flaky", lookup, input={"source": "user:f", "target": "group:f"})
+    assert first.result is None and first.remember is None
+    assert first.execution_state is not None and first.execution_state[1] is not None
+    assert first.wake_at is not None and first.wake_at[:2] == (NS, "x-3")
+    assert (
+        worker.service.graph(NS).index.has(canonical_key("user:f", RelationType.MEMBER, "group:f")) is False
+    )
+
+    duplicate = _execute(worker, "x-3", "flaky", lookup, input={"source": "user:f", "target": "group:f"})
+    assert duplicate.outbound == [] and duplicate.changes == []
+
+    worker.now = first.wake_at[2]
+    assert worker.service.waiting_due(worker.now) == [(NS, "x-3")]
+    msg = worker.message(
+        {"request_id": "resume:1", "principal": "system", "action": "resume", "execution": "x-3"},
+        spec=EXECUTIONS,
+    )
+    [done] = worker.service.handle(msg, lookup)
+    result = result_of(done)
+    assert result["status"] == "ok", result
+    assert result["request_id"] == "x-3"
+    assert result["output"]["steps"]["fail"]["attempts"] == 2
+    assert done.execution_state == (f"{NS}\x1fx-3", None)
+    assert worker.service.waiting_due(worker.now) == []
