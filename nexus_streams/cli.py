@@ -212,6 +212,71 @@ def patterns_stats(pattern_id: Annotated[str, typer.Argument(help="pattern id")]
 
 
 @app.command()
+def execute(
+    pattern_id: Annotated[str, typer.Argument(help="the pattern to run")],
+    input_json: Annotated[str, typer.Option("--input", help="the execution input, a JSON object")] = "{}",
+    namespace: Annotated[str, typer.Option(help="the namespace it runs in")] = "default",
+    version: Annotated[int | None, typer.Option(help="a pinned version; the latest when absent")] = None,
+    principal: Annotated[str, typer.Option(help="who executes")] = "cli",
+    step_events: Annotated[bool, typer.Option(help="publish step_completed/failed/retried")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 60.0,
+) -> None:
+    """Execute a pattern and print its result (exit 1 if the execution failed)."""
+    from nexus_streams.client import NexusClient, NexusRequestError
+
+    try:
+        data = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error:[/red] --input is not JSON: {exc}")
+        raise typer.Exit(2) from None
+
+    async def run() -> dict[str, Any]:
+        async with NexusClient(Settings()) as client:
+            try:
+                return await client.execute_pattern(
+                    pattern_id,
+                    data,
+                    namespace=namespace,
+                    version=version,
+                    principal=principal,
+                    step_events=step_events,
+                    timeout_s=timeout,
+                )
+            except NexusRequestError as exc:
+                return exc.result
+
+    result = run_async(run())
+    print(json.dumps(result, indent=2))
+    if result.get("status") != "ok":
+        raise typer.Exit(1)
+
+
+@app.command()
+def events(
+    pattern: Annotated[str | None, typer.Option(help="only events of this pattern")] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="only events of this type")] = None,
+    count: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+) -> None:
+    """Follow nexus.events from now on, one JSON line per event (filtered by headers)."""
+    from nexus_streams.client import NexusClient
+
+    async def run() -> None:
+        seen = 0
+        async with NexusClient(Settings()) as client:
+            console.print("following nexus.events from now on")  # stderr: stdout is the events
+            async for event in client.subscribe_events(pattern, event_type):
+                print(json.dumps(event), flush=True)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    try:
+        run_async(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 60.0,
 ) -> None:

@@ -1,7 +1,11 @@
-"""Async client on aiokafka: send commands, await their results, follow events.
+"""Async client on aiokafka, mirroring the spec's integration API: store a pattern, execute it
+and await its result, follow the events of a pattern::
 
-async with NexusClient(Settings()) as client:
-    result = await client.request("relationships", "default", {...})
+    async with NexusClient(Settings()) as nexus:
+        await nexus.store_pattern(document)
+        result = await nexus.execute_pattern("user_onboarding", {"source": "user:1", "target": "wallet:1"})
+        async for event in nexus.subscribe_events("user_onboarding"):
+            ...
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -96,6 +101,43 @@ class NexusClient:
         finally:
             self._results.pop(request_id, None)
 
+    async def store_pattern(
+        self, pattern: dict[str, Any], *, principal: str = "client", timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """Store a pattern document; returns the result (`output.version`, `output.created`).
+        Raises `NexusRequestError` on an error result."""
+        payload = {"request_id": _new_id(), "principal": principal, "action": "store", "pattern": pattern}
+        return _checked(await self.request("patterns", str(pattern.get("id", "")), payload, timeout_s))
+
+    async def execute_pattern(
+        self,
+        pattern_id: str,
+        input: dict[str, Any],
+        *,
+        namespace: str = "default",
+        version: int | None = None,
+        principal: str = "client",
+        request_id: str | None = None,
+        timeout_ms: int | None = None,
+        step_events: bool = False,
+        timeout_s: float = 60.0,
+    ) -> dict[str, Any]:
+        """Execute a pattern and await its result. A failed execution raises `NexusRequestError`
+        carrying the result (its `output` reports every step). Resending with the same
+        `request_id` is safe: no second effect, the same result."""
+        payload: dict[str, Any] = {
+            "request_id": request_id or _new_id(),
+            "principal": principal,
+            "pattern_id": pattern_id,
+            "input": input,
+            "step_events": step_events,
+        }
+        if version is not None:
+            payload["version"] = version
+        if timeout_ms is not None:
+            payload["timeout_ms"] = timeout_ms
+        return _checked(await self.request("executions", namespace, payload, timeout_s))
+
     async def events_for(
         self, request_id: str, count: int = 1, timeout_s: float = 30.0
     ) -> list[dict[str, Any]]:
@@ -141,3 +183,24 @@ class NexusClient:
                 self._event_arrived.set()
             for queue in self._event_queues:
                 queue.put_nowait((headers, value))
+
+
+class NexusRequestError(Exception):
+    """An error result: `code` and `message` from it, the whole result in `result`."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        error = result.get("error") or {}
+        super().__init__(f"{error.get('code')}: {error.get('message')}")
+        self.code = error.get("code")
+        self.message = error.get("message")
+        self.result = result
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    if result.get("status") != "ok":
+        raise NexusRequestError(result)
+    return result
+
+
+def _new_id() -> str:
+    return f"client-{uuid.uuid4()}"

@@ -45,7 +45,9 @@ async def test_user_onboarding__creates_owner_then_publishes_user_created(
 
     await wire.wait_for(
         "events",
-        lambda r: r.json().get("request_id") == result["request_id"] and r.json()["type"] == "pattern_executed",
+        lambda r: (
+            r.json().get("request_id") == result["request_id"] and r.json()["type"] == "pattern_executed"
+        ),
     )
     records = wire.matching("events", lambda r: r.json().get("request_id") == result["request_id"])
     types = [r.json()["type"] for r in records]
