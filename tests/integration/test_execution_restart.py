@@ -1,0 +1,89 @@
+"""A waiting execution survives a SIGKILL of its worker and finishes after the restart."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.integration.conftest import WorkerProcess, wait_until_answering, worker_env
+from tests.integration.wire import Wire
+
+
+async def test_waiting_execution__resumes_after_sigkill(kafka_bootstrap: str, redis_url: str) -> None:
+    from nexus_streams.settings import Settings
+    from nexus_streams.streams.admin import ensure_topics
+
+    run_id = f"exec-restart-{uuid.uuid4().hex[:8]}"
+    env = worker_env(kafka_bootstrap, redis_url, run_id)
+    await ensure_topics(
+        Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=4)
+    )
+    wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
+    await wire.start()
+    worker = WorkerProcess(env, f"worker-{run_id}")
+    try:
+        worker.start()
+        await wait_until_answering(wire, worker)
+        stored = await wire.request(
+            "patterns",
+            "slow_start",
+            {
+                "principal": "alice",
+                "action": "store",
+                "pattern": {
+                    "id": "slow_start",
+                    "name": "Slow start",
+                    "description": "fails once, retried 4 s later",
+                    "steps": [
+                        {
+                            "type": "control",
+                            "action": "fail",
+                            "parameters": {"code": "timeout", "message": "x", "times": 1},
+                            "retry": {"max_attempts": 2, "initial_backoff_ms": 4000, "jitter": 0},
+                        },
+                        {
+                            "type": "relationship",
+                            "action": "create",
+                            "parameters": {"type": "member"},
+                            "depends_on": ["fail"],
+                        },
+                    ],
+                },
+            },
+        )
+        assert stored["status"] == "ok", stored
+        namespace, request_id = f"ns-{run_id}", f"x-{uuid.uuid4().hex}"
+        await wire.send(
+            "executions",
+            namespace,
+            {
+                "request_id": request_id,
+                "principal": "alice",
+                "pattern_id": "slow_start",
+                "step_events": True,
+                "input": {"source": "user:k", "target": "group:k"},
+            },
+        )
+        # the first attempt failed and the execution waits for its retry: kill the worker now
+        await wire.wait_for(
+            "events",
+            lambda r: r.json().get("request_id") == request_id and r.json()["type"] == "step_retried",
+        )
+        worker.kill()
+        worker.start()
+        await wait_until_answering(wire, worker)
+
+        result = await wire.result(request_id, timeout_s=60)
+        assert result["status"] == "ok", result
+        assert result["output"]["steps"]["fail"]["attempts"] == 2
+        got = await wire.request(
+            "queries", namespace, {"action": "get", "type": "member", "source": "user:k", "target": "group:k"}
+        )
+        assert got["status"] == "ok", got
+        created = wire.matching(
+            "events",
+            lambda r: r.json().get("request_id") == request_id and r.json()["type"] == "relationship_created",
+        )
+        assert len(created) == 1
+    finally:
+        worker.stop()
+        await wire.stop()
