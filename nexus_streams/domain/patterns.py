@@ -50,7 +50,8 @@ class OnFailure(StrEnum):
     ROLLBACK_ALL = "rollback_all"
     #: commit what the steps that completed staged; drop the failed step's branch
     KEEP_COMPLETED = "keep_completed"
-    #: run the step's `compensation`, then commit what completed plus what the compensation staged
+    #: run the compensations of the completed steps (latest first), then commit what completed
+    #: plus what the compensations staged; steps without a compensation keep their effect
     COMPENSATE = "compensate"
 
 

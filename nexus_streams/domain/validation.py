@@ -461,13 +461,7 @@ def _check_failure_handling(
     problems = checks.problems
     on_failure = step.raw.get("on_failure") or pattern_on_failure
     compensation = step.raw.get("compensation")
-    if on_failure == OnFailure.COMPENSATE and compensation is None:
-        problems.append(
-            _problem(
-                f"{step.path}.compensation",
-                "on_failure is `compensate`, so the step needs a `compensation`",
-            )
-        )
+    # under `compensate`, a step without a compensation keeps what it did (reads need none)
     if compensation is None or not isinstance(compensation, Mapping):
         return
     if on_failure != OnFailure.COMPENSATE:

@@ -351,16 +351,6 @@ INVALID: list[tuple[str, dict[str, Any], list[tuple[str, str, str]]]] = [
         [("steps[0].on_failure", "validation_error", "Input should be 'rollback_all'")],
     ),
     (
-        "compensate without compensation",
-        doc({**FIND, "on_failure": "compensate"}),
-        [("steps[0].compensation", "validation_error", "needs a `compensation`")],
-    ),
-    (
-        "pattern-level compensate without compensation",
-        doc(FIND, on_failure="compensate"),
-        [("steps[0].compensation", "validation_error", "needs a `compensation`")],
-    ),
-    (
         "compensation without compensate",
         doc(
             {
@@ -1211,3 +1201,13 @@ def test_property__every_reported_cycle_is_real_and_cycles_are_never_missed(
             assert all(b in graph[a] for a, b in itertools.pairwise(cycle))
     else:
         assert not has_cycle
+
+
+@pytest.mark.parametrize(
+    "document",
+    [doc({**FIND, "on_failure": "compensate"}), doc(FIND, on_failure="compensate")],
+    ids=["step-level", "pattern-level"],
+)
+def test_validate__compensate_without_compensation__step_keeps_its_effect(document: dict[str, Any]) -> None:
+    """Under `compensate`, only steps that declare a compensation are undone; others need none."""
+    assert validate_pattern(document).steps[0].compensation is None
