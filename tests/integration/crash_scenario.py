@@ -1,0 +1,135 @@
+"""DRAFT, not collected (issue 5's crash test): a stream of executions and relationship commands,
+the worker SIGKILLed in the middle, restarted: every request answered with one result, each
+committed change exactly once.
+
+It FAILS today in about 2 runs out of 3, and shows two real gaps of at-least-once processing:
+a reply's outputs (table changelogs, result, events) are not written atomically, so a SIGKILL can
+(1) lose a relationship event whose change and remembered result were persisted (the redelivered
+request only replays the result), or (2) persist the relationship change but not the remembered
+result, so the redelivered request runs again and answers differently (duplicate_relationship).
+The planned fix: write the remembered reply (result, events, changes) first and make it durable,
+then the other tables, then publish; on redelivery, re-apply the remembered changes and
+re-publish result and events. Rename to test_crash.py once it passes reliably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+from tests.integration.conftest import WorkerProcess, wait_until_answering, worker_env
+from tests.integration.wire import Wire
+
+REQUESTS = 240
+NAMESPACES = 4
+
+
+async def run_crash_scenario(  # noqa: C901 - a scenario, read top to bottom
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    from nexus_streams.settings import Settings
+    from nexus_streams.streams.admin import ensure_topics
+
+    run_id = f"crash-{uuid.uuid4().hex[:8]}"
+    env = worker_env(kafka_bootstrap, redis_url, run_id)
+    await ensure_topics(
+        Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=4)
+    )
+    wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
+    await wire.start()
+    worker = WorkerProcess(env, f"worker-{run_id}")
+    try:
+        worker.start()
+        await wait_until_answering(wire, worker)
+        requests: dict[str, tuple[str, str, dict]] = {}
+        for i in range(REQUESTS):
+            namespace = f"ns{i % NAMESPACES}-{run_id}"
+            request_id = f"c{i}-{run_id}"
+            if i % 2:
+                payload = {
+                    "request_id": request_id,
+                    "principal": "alice",
+                    "pattern_id": "user_onboarding",
+                    "input": {"source": f"user:{i}", "target": f"wallet:{i}"},
+                }
+                requests[request_id] = ("executions", namespace, payload)
+            else:
+                payload = {
+                    "request_id": request_id,
+                    "principal": "alice",
+                    "action": "create",
+                    "type": "member",
+                    "source": f"user:{i}",
+                    "target": f"group:{i}",
+                }
+                requests[request_id] = ("relationships", namespace, payload)
+        mine = set(requests)
+
+        async def produce() -> None:
+            for topic, namespace, payload in requests.values():
+                await wire.send(topic, namespace, payload)
+
+        producer = asyncio.create_task(produce())
+        # kill the worker once about a third has been answered
+        await wire.wait_for(
+            "results", lambda r: r.headers.get("nexus-request-id") in mine, count=REQUESTS // 3, timeout_s=120
+        )
+        worker.kill()
+        await producer
+        worker.start()
+        await wait_until_answering(wire, worker)
+
+        answered: set[str] = set()
+
+        def first_answer(record) -> bool:
+            rid = record.headers.get("nexus-request-id")
+            if rid in mine and rid not in answered:
+                answered.add(rid)
+            return rid in mine
+
+        try:
+            await wire.wait_for("results", first_answer, count=REQUESTS * 10, timeout_s=0.01)
+        except AssertionError:
+            pass
+        deadline = asyncio.get_running_loop().time() + 180
+        while len(answered) < REQUESTS:
+            missing = sorted(mine - answered, key=lambda r: int(r[1:].split("-")[0]))
+            assert asyncio.get_running_loop().time() < deadline, (
+                "unanswered after the restart: "
+                f"{[(rid, requests[rid][0], requests[rid][1]) for rid in missing][:10]}"
+            )
+            try:
+                await wire.wait_for("results", first_answer, count=len(answered) + 1, timeout_s=1)
+            except AssertionError:
+                pass
+        # every request answered, and every copy of a result the same
+        results: defaultdict[str, list[dict]] = defaultdict(list)
+        for record in wire.matching("results", lambda r: r.headers.get("nexus-request-id") in mine):
+            results[record.headers["nexus-request-id"]].append(record.json())
+        assert set(results) == mine
+        distinct = {rid: {repr(sorted(r.items())) for r in copies} for rid, copies in results.items()}
+        assert {rid: len(d) for rid, d in distinct.items() if len(d) != 1} == {}
+        assert all(copies[0]["status"] == "ok" for copies in results.values()), [
+            c[0] for c in results.values() if c[0]["status"] != "ok"
+        ][:3]
+
+        # each committed change exactly once: in the graph, and as one relationship_created event
+        for n in range(NAMESPACES):
+            namespace = f"ns{n}-{run_id}"
+            stats = await wire.request("queries", namespace, {"action": "stats"}, timeout_s=60)
+            assert stats["output"]["relationships"] == REQUESTS // NAMESPACES
+        created = defaultdict(int)
+        for record in wire.matching(
+            "events", lambda r: r.headers.get("nexus-event-type") == "relationship_created"
+        ):
+            event = record.json()
+            if event.get("request_id") in mine:
+                rel = event["relationship"]
+                created[(rel["source"], rel["target"])] += 1
+        assert len(created) == REQUESTS
+        assert {k: v for k, v in created.items() if v != 1} == {}
+        assert "Traceback" not in worker.log_text()
+    finally:
+        worker.stop()
+        await wire.stop()
