@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -62,12 +61,13 @@ def worker(
     """Run a worker: create the topics if missing, then process until SIGTERM/SIGINT."""
     from faust import Worker
 
+    from nexus_streams import logs
     from nexus_streams.streams.admin import ensure_topics
     from nexus_streams.streams.app import create_app
 
     settings = Settings()
     level = (loglevel or settings.log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = logs.configure(level, settings.log_json)  # text, or JSON lines with NEXUS_LOG_JSON
     run_async(ensure_topics(settings))
     from nexus_streams.metrics import Metrics
 
@@ -75,7 +75,7 @@ def worker(
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     faust_app = create_app(settings, metrics)
-    Worker(faust_app, loglevel=level, quiet=True).execute_from_commandline()
+    Worker(faust_app, loglevel=level, quiet=True, logging_config=log_config).execute_from_commandline()
 
 
 @app.command()
@@ -274,6 +274,86 @@ def events(
         run_async(run())
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def stats(
+    namespace: Annotated[str, typer.Option(help="the namespace whose graph is shown")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the graph statistics")] = 30.0,
+) -> None:
+    """Graph statistics of a namespace (a `stats` query to the worker) and execution statistics of
+    every pattern (from the pattern store), as tables."""
+    from rich.table import Table
+
+    from nexus_streams.client import NexusClient
+
+    async def graph() -> dict[str, Any]:
+        async with NexusClient(Settings()) as client:
+            query = {"request_id": f"cli-{uuid.uuid4()}", "principal": "cli", "action": "stats"}
+            return await client.request("queries", namespace, query, timeout_s=timeout)
+
+    async def patterns(store: Any) -> list[tuple[Any, Any]]:
+        from nexus_streams.domain.errors import NotFound
+
+        found = []
+        for summary in await store.list():
+            try:
+                found.append((summary, await store.stats(summary.id)))
+            except NotFound:
+                continue  # deleted meanwhile
+        return found
+
+    result = run_async(graph())
+    found = run_async(_with_store(patterns))
+    if result.get("status") != "ok":
+        print(json.dumps(result, indent=2))
+        raise typer.Exit(1)
+    g = result["output"]
+    if as_json:
+        rows = [{"id": s.id, "latest_version": s.latest_version, **st.total.to_dict()} for s, st in found]
+        print(json.dumps({"graph": g, "patterns": rows}, indent=2))
+        return
+    out = output_console()
+    table = Table("graph", namespace, title="Graph")
+    table.add_row("relationships", str(g["relationships"]))
+    table.add_row("entities", str(g["entities"]))
+    for type_, count in g["by_type"].items():
+        table.add_row(f"  {type_}", str(count))
+    degree = g["degree"]
+    table.add_row(
+        "degree min / median / mean / max",
+        f"{degree['min']} / {degree['median']} / {degree['mean']} / {degree['max']}",
+    )
+    table.add_row("schema", "yes" if g.get("schema") else "none")
+    out.print(table)
+    table = Table(
+        "pattern",
+        "version",
+        "executions",
+        "ok",
+        "failed",
+        "success",
+        "mean ms",
+        "max ms",
+        "last error",
+        title="Patterns",
+    )
+    for summary, st in found:
+        t = st.total
+        rate, mean = t.success_rate, t.duration_mean_ms
+        table.add_row(
+            summary.id + (" (deprecated)" if summary.deprecated else ""),
+            str(summary.latest_version),
+            str(t.executions),
+            str(t.successes),
+            str(t.failures),
+            "" if rate is None else f"{rate:.0%}",
+            "" if mean is None else f"{mean:.2f}",
+            f"{t.duration_max_ms:.2f}" if t.executions else "",
+            t.last_error_code or "",
+        )
+    out.print(table)
 
 
 @app.command()

@@ -1,89 +1,283 @@
-"""Every Prometheus metric of the worker, in one object, driven from the agents' replies.
+"""Every Prometheus metric of the worker, in one object, driven from the agents' replies, the
+maintenance timer (graph sizes, consumer lag), the pattern store (Redis timings) and a Faust sensor.
 
-Label values come from closed sets (topic names, known actions, error codes), never from user
-input, so cardinality stays bounded.
+Label values come from closed sets (topic names, known actions, error codes, relationship types,
+partition numbers), never from free user input, so cardinality stays bounded. Two labels are open
+sets kept small on purpose:
+
+- `pattern`: pattern ids are a managed set (stored through `nexus.patterns`), not per request input.
+- `namespace` (graph size gauges only): the `TOP_NAMESPACES` largest namespaces of a worker by
+  relationship count; all others are summed into `namespace="_other"`, so sums stay exact.
+
+docs/observability.md lists every metric with the panels and alerts built on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+from faust.sensors import Sensor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from nexus_streams.domain.errors import ErrorCode
+from nexus_streams.domain.graph import Graph, Put
+from nexus_streams.domain.index import CANONICAL_TYPES
 from nexus_streams.executions import ExecutionStats
 from nexus_streams.messages import PATTERN_ACTIONS, QUERY_ACTIONS, RELATIONSHIP_ACTIONS
 from nexus_streams.service import Reply
-from nexus_streams.topics import DEADLETTER, TopicSpec
+from nexus_streams.topics import DEADLETTER, EXECUTIONS, PATTERNS, QUERIES, RELATIONSHIPS, TopicSpec
 from nexus_streams.topics import Header as H
 
+log = logging.getLogger(__name__)
 KNOWN_ACTIONS = (
     frozenset(RELATIONSHIP_ACTIONS) | frozenset(QUERY_ACTIONS) | frozenset(PATTERN_ACTIONS) | {"execute"}
 )
 KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+#: the topics the agents consume (lag and assignment are exported for these)
+INPUT_TOPICS = (RELATIONSHIPS, QUERIES, EXECUTIONS, PATTERNS)
+DEADLETTER_REASONS = KNOWN_CODES | {"undecodable", "invalid_key"}
+STEP_STATUSES = frozenset(
+    {"pending", "waiting_retry", "completed", "failed", "skipped", "compensated", "rolled_back"}
+)
+#: RedisPatternStore operations (`_run(operation, ...)`)
+REDIS_OPERATIONS = frozenset(
+    {"put", "get", "versions", "list", "deprecate", "delete", "record_execution", "stats"}
+)
+#: exception class names of Redis failures, as the `error` label of `nexus_redis_errors_total`
+REDIS_ERRORS = {
+    "ConnectionError": "connection",
+    "TimeoutError": "timeout",
+    "BusyLoadingError": "loading",
+    "ReadOnlyError": "read_only",
+    "ResponseError": "response",
+    "OSError": "connection",
+    "ConnectionRefusedError": "connection",
+}
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+REDIS_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
+SNAPSHOT_AGE_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120, 300)
+KAFKA_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: namespaces exported by name in the graph size gauges (per worker); the rest are `_other`
+TOP_NAMESPACES = 20
+OTHER_NAMESPACES = "_other"
+#: the lag is not read when the consumer does not tell a position this fast (rebalancing)
+POSITION_TIMEOUT_S = 1.0
+#: the graph size gauges are refreshed at most this often (the scan is O(namespaces))
+GRAPH_REFRESH_S = 5.0
+
+
+class _Series:
+    """The label sets a gauge family currently exports, so a refresh can drop those that are gone
+    (a namespace left the top N, a partition was revoked) without a moment with no series at all."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self.exported: set[tuple[str, ...]] = set()
+
+    def replace(self, values: Mapping[tuple[str, ...], float]) -> None:
+        for labels, value in values.items():
+            self.gauge.labels(*labels).set(value)
+        for gone in self.exported - values.keys():
+            self.gauge.remove(*gone)
+        self.exported = set(values)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        top_namespaces: int = TOP_NAMESPACES,
+        graph_refresh_s: float = GRAPH_REFRESH_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.top_namespaces = top_namespaces
+        self.graph_refresh_s = graph_refresh_s
+        self.monotonic = monotonic
+        self._graphs_refreshed_at = -math.inf
+        r = self.registry
+
+        # -- requests ----------------------------------------------------------------------------
         self.requests = Counter(
             "nexus_requests",
             "Requests answered, by input topic, action and status",
             ["topic", "action", "status"],
-            registry=self.registry,
+            registry=r,
         )
-        self.errors = Counter(
-            "nexus_errors", "Error results by error code", ["topic", "code"], registry=self.registry
-        )
+        self.errors = Counter("nexus_errors", "Error results by error code", ["topic", "code"], registry=r)
         self.deadletters = Counter(
             "nexus_deadletters",
             "Messages sent to the dead-letter topic, by reason",
             ["topic", "reason"],
-            registry=self.registry,
+            registry=r,
         )
         self.latency = Histogram(
             "nexus_request_duration_seconds",
             "Time from reading a request to having published its outcome",
             ["topic", "action"],
             buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+            registry=r,
         )
 
+        # -- pattern executions ------------------------------------------------------------------
         self.executions = Counter(
             "nexus_pattern_executions",
             "Finished pattern executions by pattern, version and status",
             ["pattern", "version", "status"],
-            registry=self.registry,
+            registry=r,
         )
         self.execution_duration = Histogram(
             "nexus_pattern_execution_duration_seconds",
             "Duration of finished pattern executions, from start to commit or rollback",
             ["pattern"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry,
+            registry=r,
         )
         self.step_failures = Counter(
             "nexus_pattern_step_failures",
             "Failed steps of finished executions",
             ["pattern"],
-            registry=self.registry,
+            registry=r,
         )
         self.step_retries = Counter(
             "nexus_pattern_step_retries",
             "Step retries of finished executions",
             ["pattern"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.steps = Counter(
+            "nexus_pattern_steps",
+            "Top-level steps of finished executions by final status",
+            ["pattern", "status"],
+            registry=r,
         )
         self.rollbacks = Counter(
             "nexus_pattern_rollbacks",
             "Failed executions by what their rollback kept",
             ["pattern", "policy"],
-            registry=self.registry,
+            registry=r,
         )
         self.executions_in_flight = Gauge(
             "nexus_pattern_executions_in_flight",
             "Executions waiting (for a retry) on this worker",
-            registry=self.registry,
+            registry=r,
         )
+
+        # -- graphs ------------------------------------------------------------------------------
+        self.graph_relationships = Gauge(
+            "nexus_graph_relationships",
+            f"Relationships per namespace and type (the {top_namespaces} largest namespaces of this "
+            f"worker by name, the others summed as namespace={OTHER_NAMESPACES})",
+            ["namespace", "type"],
+            registry=r,
+        )
+        self.graph_entities = Gauge(
+            "nexus_graph_entities",
+            f"Entities per namespace (same top {top_namespaces} and {OTHER_NAMESPACES} as "
+            "nexus_graph_relationships)",
+            ["namespace"],
+            registry=r,
+        )
+        self.graph_namespaces = Gauge(
+            "nexus_graph_namespaces", "Namespaces whose graph this worker holds", registry=r
+        )
+        self.graph_changes = Counter(
+            "nexus_graph_changes",
+            "Relationship records written (put: created or updated) or removed",
+            ["change"],
+            registry=r,
+        )
+        self.snapshot_age = Histogram(
+            "nexus_graph_snapshot_age_seconds",
+            "Age of the igraph snapshot an analysis answer was computed on (reused up to "
+            "NEXUS_SNAPSHOT_MAX_AGE_S or the query's max_age_ms)",
+            ["action"],
+            buckets=SNAPSHOT_AGE_BUCKETS_S,
+            registry=r,
+        )
+        self._relationship_series = _Series(self.graph_relationships)
+        self._entity_series = _Series(self.graph_entities)
+
+        # -- Kafka consumer and Faust ------------------------------------------------------------
+        self.consumer_lag = Gauge(
+            "nexus_consumer_lag",
+            "Messages of an assigned input partition not yet committed (high watermark minus "
+            "committed offset)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "nexus_consumer_assigned_partitions",
+            "Input partitions assigned to this worker",
+            ["topic"],
+            registry=r,
+        )
+        self._lag_series = _Series(self.consumer_lag)
+        self._assigned_series = _Series(self.assigned_partitions)
+        self.rebalances = Counter(
+            "nexus_kafka_rebalances", "Consumer group rebalances this worker went through", registry=r
+        )
+        self.rebalance_duration = Histogram(
+            "nexus_kafka_rebalance_duration_seconds",
+            "Duration of rebalances, including table recovery",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "nexus_kafka_commit_duration_seconds",
+            "Duration of consumer offset commits",
+            buckets=KAFKA_BUCKETS_S,
+            registry=r,
+        )
+        self.send_duration = Histogram(
+            "nexus_kafka_send_duration_seconds",
+            "Time from handing a message to the producer to its acknowledgement",
+            buckets=KAFKA_BUCKETS_S,
+            registry=r,
+        )
+        self.send_errors = Counter(
+            "nexus_kafka_send_errors", "Messages the producer failed to publish", registry=r
+        )
+        self.buffer_full = Counter(
+            "nexus_kafka_topic_buffer_full",
+            "Times a partition's buffer was full and the consumer had to wait for the agent",
+            registry=r,
+        )
+
+        # -- Redis -------------------------------------------------------------------------------
+        self.redis_duration = Histogram(
+            "nexus_redis_operation_duration_seconds",
+            "Duration of one attempt of a pattern store (Redis) operation",
+            ["operation"],
+            buckets=REDIS_BUCKETS_S,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "nexus_redis_errors",
+            "Failed attempts of pattern store (Redis) operations, by kind of failure",
+            ["operation", "error"],
+            registry=r,
+        )
+
+        self._initialize()
+
+    def _initialize(self) -> None:
+        """Zero series for the failures the alerts count with `increase`/`rate`: a counter series
+        that appears with its first increment at 1 would hide that first failure from them."""
+        for spec in INPUT_TOPICS:
+            for reason in ("undecodable",) if spec is PATTERNS else ("undecodable", "invalid_key"):
+                self.deadletters.labels(spec.name, reason)
+            for code in ("internal_error", "store_unavailable"):
+                self.errors.labels(spec.name, code)
+
+    # -- driven by the agents ------------------------------------------------------------------
 
     def observe_execution(self, stats: ExecutionStats) -> None:
         """Pattern ids label these: patterns are a managed set, not user input per request."""
@@ -105,13 +299,145 @@ class Metrics:
             if result.error is not None:
                 code = result.error.code if result.error.code in KNOWN_CODES else "other"
                 self.errors.labels(spec.name, code).inc()
+            output = result.output or {}
+            snapshot = output.get("snapshot")
+            if isinstance(snapshot, dict) and isinstance(snapshot.get("age_ms"), int | float):
+                self.snapshot_age.labels(action).observe(snapshot["age_ms"] / 1000)
+            steps = output.get("steps")
+            if action == "execute" and result.pattern_id and isinstance(steps, dict):
+                for step in steps.values():
+                    status = step.get("status") if isinstance(step, dict) else None
+                    self.steps.labels(result.pattern_id, status if status in STEP_STATUSES else "other").inc()
+        puts = sum(1 for change in reply.changes if isinstance(change, Put))
+        if puts:
+            self.graph_changes.labels("put").inc(puts)
+        if len(reply.changes) > puts:
+            self.graph_changes.labels("remove").inc(len(reply.changes) - puts)
         for out in reply.outbound:
             if out.spec is DEADLETTER:
                 reason = out.headers.get(H.ERROR_CODE.value, b"other").decode()
-                self.deadletters.labels(
-                    spec.name,
-                    reason if reason in KNOWN_CODES or reason in ("undecodable", "invalid_key") else "other",
-                ).inc()
+                self.deadletters.labels(spec.name, reason if reason in DEADLETTER_REASONS else "other").inc()
+
+    # -- driven by the maintenance timer -------------------------------------------------------
+
+    def observe_graphs(self, graphs: Mapping[str, Graph], *, force: bool = False) -> None:
+        """Graph size gauges from each graph's index counters (no scan of relationships): the
+        `top_namespaces` largest by name, the others summed as `_other`. At most every
+        `graph_refresh_s` seconds unless `force`."""
+        now = self.monotonic()
+        if not force and now - self._graphs_refreshed_at < self.graph_refresh_s:
+            return
+        self._graphs_refreshed_at = now
+        top = heapq.nlargest(self.top_namespaces, graphs.items(), key=lambda item: len(item[1]))
+        named = {namespace for namespace, _ in top}
+        relationships: dict[tuple[str, ...], float] = {}
+        entities: dict[tuple[str, ...], float] = {}
+        for namespace, graph in top:
+            for type_, count in graph.index.counts_by_type().items():
+                relationships[(namespace, type_)] = count
+            entities[(namespace,)] = graph.index.entity_count
+        if len(graphs) > len(named):
+            other_types = dict.fromkeys((t.value for t in CANONICAL_TYPES), 0)
+            other_entities = 0
+            for namespace, graph in graphs.items():
+                if namespace not in named:
+                    for type_, count in graph.index.counts_by_type().items():
+                        other_types[type_] = other_types.get(type_, 0) + count
+                    other_entities += graph.index.entity_count
+            for type_, count in other_types.items():
+                relationships[(OTHER_NAMESPACES, type_)] = count
+            entities[(OTHER_NAMESPACES,)] = other_entities
+        self._relationship_series.replace(relationships)
+        self._entity_series.replace(entities)
+        self.graph_namespaces.set(len(graphs))
+
+    async def observe_consumer(self, consumer: Any, monitor: Any, topics: Mapping[str, TopicSpec]) -> None:
+        """Lag of every assigned partition of the input topics (`topics`: Kafka topic name -> spec):
+        the partition's high watermark minus the offset committed by this worker (Faust's monitor
+        records each commit) or, before the first commit, the consumer's position. A consumer not
+        started yet (or stopping) leaves the gauges as they are."""
+        try:
+            lags, assigned = await self._consumer_state(consumer, monitor, topics)
+        except Exception as exc:  # the consumer between rebalances or stopping; next tick again
+            log.debug("consumer lag not read: %r", exc)
+            return
+        self._lag_series.replace(lags)
+        self._assigned_series.replace(assigned)
+
+    @staticmethod
+    async def _consumer_state(
+        consumer: Any, monitor: Any, topics: Mapping[str, TopicSpec]
+    ) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
+        lags: dict[tuple[str, ...], float] = {}
+        inputs = {name: spec for name, spec in topics.items() if spec in INPUT_TOPICS}
+        assigned: dict[tuple[str, ...], float] = dict.fromkeys(((s.name,) for s in inputs.values()), 0)
+        committed: Mapping[Any, int] = getattr(monitor, "tp_committed_offsets", None) or {}
+        for tp in consumer.assignment():
+            spec = inputs.get(tp.topic)
+            if spec is None:
+                continue  # changelog topics: recovery, not processing
+            assigned[(spec.name,)] += 1
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched yet
+            done = committed.get(tp)
+            if done is None:
+                done = await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT_S)
+            if done is not None:
+                lags[(spec.name, str(tp.partition))] = max(0, int(highwater) - int(done))
+        return lags, assigned
+
+    # -- driven by the pattern store -----------------------------------------------------------
+
+    def observe_redis(self, operation: str, seconds: float, error: BaseException | None) -> None:
+        """`RedisPatternStore.observer`: called after every attempt of an operation."""
+        operation = operation if operation in REDIS_OPERATIONS else "other"
+        self.redis_duration.labels(operation).observe(seconds)
+        if error is not None:
+            self.redis_errors.labels(operation, REDIS_ERRORS.get(type(error).__name__, "other")).inc()
+
+    # -- Faust ---------------------------------------------------------------------------------
+
+    def faust_sensor(self) -> FaustSensor:
+        """A Faust sensor feeding the nexus_kafka_* metrics; `app.sensors.add(...)` it."""
+        return FaustSensor(self)
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104
+
+
+class FaustSensor(Sensor):
+    """Faust's own timings that tell whether the worker keeps up: rebalances (with recovery),
+    offset commits, producer acknowledgements and errors, full partition buffers."""
+
+    def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+
+    def on_rebalance_start(self, app: Any) -> dict[Hashable, Any]:
+        return {"time_start": time.monotonic()}
+
+    def on_rebalance_end(self, app: Any, state: dict[Hashable, Any]) -> None:
+        self.metrics.rebalances.inc()
+        if isinstance(state, dict) and "time_start" in state:
+            self.metrics.rebalance_duration.observe(time.monotonic() - state["time_start"])
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        return time.monotonic()
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        if isinstance(state, float):
+            self.metrics.commit_duration.observe(time.monotonic() - state)
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
+        return time.monotonic()
+
+    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
+        if isinstance(state, float):
+            self.metrics.send_duration.observe(time.monotonic() - state)
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        self.metrics.send_errors.inc()
+
+    def on_topic_buffer_full(self, tp: Any) -> None:
+        self.metrics.buffer_full.inc()

@@ -34,7 +34,7 @@ from nexus_streams.messages import (
     utcnow,
 )
 from nexus_streams.replies import Received, deadletter_message, event_message, result_message
-from nexus_streams.service import Reply, RequestLog
+from nexus_streams.service import Remembered, Reply, RequestLog
 from nexus_streams.store.base import PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.inclusions import inclusion_resolver
@@ -72,7 +72,7 @@ class PatternRegistry:
         if request_id is not None:
             previous = self.requests.get(REQUEST_SCOPE, request_id)
             if previous is not None:
-                return Reply(msg, [result_message(previous)], result=previous)
+                return Reply(msg, [result_message(previous.result)], result=previous.result)
         action = data.get("action") if isinstance(data.get("action"), str) else None
         principal = data.get("principal") if isinstance(data.get("principal"), str) else None
         try:
@@ -84,7 +84,9 @@ class PatternRegistry:
             log.exception("internal error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
             internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
             return self._error(msg, request_id, principal, action, key, internal)
-        return self._ok(msg, command, pattern_id, output, events)
+        reply = self._ok(msg, command, pattern_id, output, events)
+        reply.remembered = Remembered.of(reply)
+        return reply
 
     def _parse(self, data: dict[str, Any]) -> StorePattern | DeprecatePattern | DeletePattern:
         action = data.get("action")
@@ -222,6 +224,7 @@ class PatternRegistry:
             reply.outbound.append(deadletter_message(msg, exc.code.value, exc.message))
         elif exc.code not in (ErrorCode.INTERNAL_ERROR, ErrorCode.STORE_UNAVAILABLE):
             reply.remember = result  # failures of ours are not remembered: a retry runs again
+            reply.remembered = Remembered.of(reply)
         return reply
 
 

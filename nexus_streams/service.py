@@ -14,6 +14,7 @@ Three kinds of answer:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -40,7 +41,9 @@ from nexus_streams.domain.graph import (
     DomainEvent,
     Graph,
     Outcome,
+    Put,
     RecordStore,
+    Remove,
     plan_create,
     plan_delete,
     plan_delete_entity,
@@ -97,7 +100,7 @@ from nexus_streams.replies import (
     event_message,
     result_message,
 )
-from nexus_streams.topics import EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
+from nexus_streams.topics import EVENTS, EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +134,11 @@ class Reply:
     outbound: list[Outbound] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     namespace: str = DEFAULT_NAMESPACE
-    #: the result to remember under its request id, for answering duplicates
+    #: the result to remember under its request id, for answering duplicates (with the
+    #: reply's events and changes: see `Remembered`)
     remember: Result | None = None
+    #: set by `handle` from `remember`: what the caller stores
+    remembered: Remembered | None = None
     result: Result | None = None
     #: a namespace schema to store (document, or None to remove)
     schema: tuple[str, dict[str, list[str]] | None] | None = None
@@ -149,10 +155,58 @@ class Reply:
     deferred: Deferred | None = None
 
 
-class RequestLog(Protocol):
-    """Results already given, by (namespace, request_id): what makes redelivery harmless."""
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """What a request did, kept under its request id: its result, the events it published and the
+    changes it made. A client's duplicate gets the result again; a redelivery of the same message
+    (after a crash, before the offset was committed) re-applies the changes and re-publishes the
+    events too, since the crash may have lost them."""
 
-    def get(self, namespace: str, request_id: str) -> Result | None: ...
+    result: Result
+    events: tuple[dict[str, Any], ...] = ()
+    changes: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, reply: Reply) -> Remembered:
+        assert reply.result is not None
+        return cls(
+            reply.result,
+            tuple(json.loads(out.value) for out in reply.outbound if out.spec is EVENTS),
+            tuple(_change_dict(change) for change in reply.changes),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "result": self.result.model_dump(mode="json"),
+            "events": list(self.events),
+            "changes": list(self.changes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Remembered:
+        if "result" not in data:  # stored by an earlier version: the result alone
+            return cls(Result.model_validate(data))
+        return cls(Result.model_validate(data["result"]), tuple(data["events"]), tuple(data["changes"]))
+
+    def change_objects(self) -> list[Change]:
+        changes: list[Change] = []
+        for item in self.changes:
+            namespace, key = RelationshipKey.from_stored(item["key"])
+            rel = Relationship.from_record(namespace, key, item["record"])
+            changes.append(Put(rel) if item["op"] == "put" else Remove(rel))
+        return changes
+
+
+def _change_dict(change: Change) -> dict[str, Any]:
+    rel = change.relationship
+    op = "put" if isinstance(change, Put) else "remove"
+    return {"op": op, "key": rel.key.as_stored(rel.namespace), "record": rel.to_record()}
+
+
+class RequestLog(Protocol):
+    """What requests did, by (namespace, request_id): what makes redelivery harmless."""
+
+    def get(self, namespace: str, request_id: str) -> Remembered | None: ...
 
 
 @dataclass(slots=True)
@@ -250,6 +304,7 @@ class NamespaceService:
         replies = self._handle(msg)
         for reply in replies:
             if reply.remember is not None and reply.remember.request_id is not None:
+                reply.remembered = Remembered.of(reply)
                 self._note_request(reply.namespace, reply.remember.request_id, self.clock().timestamp())
         if msg.spec is RELATIONSHIPS:
             # every message of the relationships topic counts as applied, answered or not
@@ -269,7 +324,7 @@ class NamespaceService:
         if request_id is not None and msg.spec is not QUERIES:
             previous = self.requests.get(namespace, request_id)
             if previous is not None:
-                return [Reply(msg, [result_message(previous)], namespace=namespace, result=previous)]
+                return [self._replay(msg, namespace, previous)]
         action = data.get("action") if isinstance(data.get("action"), str) else None
         try:
             command = self._parse(msg.spec, data)
@@ -339,6 +394,28 @@ class NamespaceService:
                 return parse_model(ResumeExecution, data)
             return parse_model(ExecutionRequest, data)
         raise ValueError(f"the namespace actor does not read {spec.name}")
+
+    def _replay(self, msg: Received, namespace: str, previous: Remembered) -> Reply:
+        """A request seen before: the same result; if it is the very message that was processed
+        (a redelivery after a crash), also its changes and events, which the crash may have lost."""
+        result = previous.result
+        reply = Reply(msg, [result_message(result)], namespace=namespace, result=result)
+        source = result.source
+        if source is None or (source.topic, source.partition, source.offset) != (
+            msg.topic,
+            msg.partition,
+            msg.offset,
+        ):
+            return reply
+        reply.changes = previous.change_objects()
+        graph = self.graph(namespace)
+        for change in reply.changes:
+            if isinstance(change, Put):
+                graph.load(change.relationship)
+            else:
+                graph.unload(change.relationship.key)
+        reply.outbound += [event_message(Event.model_validate(e)) for e in previous.events]
+        return reply
 
     def release_parked(self, partition: int) -> list[Reply]:
         """Answers to the queries parked on `partition` that its applied offset now reaches.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,6 +48,9 @@ from nexus_streams.store.base import (
 from nexus_streams.store.keys import DEFAULT_KEY_PREFIX, EXECUTION_DEDUPE_TTL_S, PatternKeys
 
 T = TypeVar("T")
+#: told after every attempt of an operation: (operation, seconds, the Redis/OS error or None);
+#: the worker sets `RedisPatternStore.observer` to feed its metrics (nexus_streams/metrics.py)
+StoreObserver = Callable[[str, float, BaseException | None], None]
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError)
 #: optimistic transactions retried this often when another client changes the pattern meanwhile
 MAX_WATCH_TRIES = 10
@@ -98,6 +102,28 @@ def _ints(values: Any) -> builtins.list[int]:
     return sorted(int(_str(v)) for v in values)
 
 
+def _observed(
+    operation: str, call: Callable[[], Awaitable[T]], observer: StoreObserver
+) -> Callable[[], Awaitable[T]]:
+    """`call`, telling `observer` how long each attempt took and which Redis error it raised (an
+    error of the domain, such as `NotFound`, means Redis answered: reported without error)."""
+
+    async def attempt() -> T:
+        started = time.perf_counter()
+        try:
+            value = await call()
+        except (RedisError, OSError) as exc:
+            observer(operation, time.perf_counter() - started, exc)
+            raise
+        except Exception:
+            observer(operation, time.perf_counter() - started, None)
+            raise
+        observer(operation, time.perf_counter() - started, None)
+        return value
+
+    return attempt
+
+
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
     attempts: int = 5
@@ -127,6 +153,7 @@ class RedisPatternStore:
         self.clock = clock
         self._record = client.register_script(RECORD_EXECUTION_LUA)
         self._deprecate = client.register_script(DEPRECATE_LUA)
+        self.observer: StoreObserver | None = None
 
     @classmethod
     def from_url(
@@ -167,6 +194,8 @@ class RedisPatternStore:
         await self.redis.aclose()
 
     async def _run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        if self.observer is not None:
+            call = _observed(operation, call, self.observer)
         last: BaseException | None = None
         for attempt in range(1, self.retry.attempts + 1):
             try:

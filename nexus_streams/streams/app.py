@@ -29,12 +29,12 @@ from nexus_streams.domain.graph import Put
 from nexus_streams.domain.relationships import SEP, Relationship, RelationshipKey
 from nexus_streams.domain.validation import PatternLimits
 from nexus_streams.executions import Executions, ExecutionStats, PatternLookup
-from nexus_streams.messages import Result
+from nexus_streams.logs import log_reply
 from nexus_streams.metrics import Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
 from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
-from nexus_streams.service import Limits, NamespaceService, Reply
+from nexus_streams.service import Limits, NamespaceService, Remembered, Reply
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import PatternStore
 from nexus_streams.store.cache import PatternCache
@@ -54,27 +54,42 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Kind:
+    """Key prefixes of the namespace actor's one `state` table. One table, so every write of a
+    reply goes to the same changelog partition, in order: the remembered reply is written first,
+    so whatever else of a reply survives a crash, its remembered reply does too."""
+
+    RECORD = "r"
+    REQUEST = "q"
+    SCHEMA = "s"
+    PROGRESS = "p"
+    EXECUTION = "x"
+
+
+def state_key(kind: str, *parts: str) -> str:
+    return SEP.join((kind, *parts))
+
+
 class TableRequestLog:
-    """Results by (scope, request_id), in a changelog-backed table; the scope is the namespace,
-    or a fixed one (`scope`) for the pattern registry."""
+    """What requests did (`Remembered`), by (scope, request_id), in a changelog-backed table; the
+    scope is the namespace, or a fixed one (`scope`) for the pattern registry."""
 
     def __init__(self, table: Any, scope: str | None = None) -> None:
         self.table = table
         self.scope = scope
 
-    def get(self, namespace: str, request_id: str) -> Result | None:
-        stored = self.table.get(f"{namespace}{SEP}{request_id}")
-        return None if stored is None else Result.model_validate(stored)
+    def get(self, namespace: str, request_id: str) -> Remembered | None:
+        stored = self.table.get(state_key(Kind.REQUEST, namespace, request_id))
+        return None if stored is None else Remembered.from_dict(stored)
 
     def forget(self, namespace: str, request_id: str) -> None:
-        key = f"{namespace}{SEP}{request_id}"
-        if key in self.table:
-            del self.table[key]
+        _put_or_delete(self.table, state_key(Kind.REQUEST, namespace, request_id), None)
 
-    def put(self, result: Result) -> None:
-        assert result.request_id is not None
+    def put(self, remembered: Remembered) -> None:
+        result = remembered.result
         scope = self.scope or result.namespace
-        self.table[f"{scope}{SEP}{result.request_id}"] = result.model_dump(mode="json")
+        assert result.request_id is not None and scope is not None
+        self.table[state_key(Kind.REQUEST, scope, result.request_id)] = remembered.to_dict()
 
 
 class TableRecords:
@@ -85,7 +100,7 @@ class TableRecords:
         self.namespace = namespace
 
     def get(self, key: RelationshipKey) -> Relationship | None:
-        record = self.table.get(key.as_stored(self.namespace))
+        record = self.table.get(state_key(Kind.RECORD, key.as_stored(self.namespace)))
         return None if record is None else Relationship.from_record(self.namespace, key, record)
 
 
@@ -118,12 +133,12 @@ class Tables:
         def table(name: str, help_: str) -> Any:
             return app.Table(name, default=None, partitions=partitions, help=help_)
 
-        self.relationships = table("relationships", "relationship records by namespace/type/source/target")
-        self.requests = table("requests", "results by namespace/request_id, for idempotent redelivery")
-        self.schemas = table("schemas", "namespace schemas by namespace")
-        self.progress = table("progress", "highest applied offset of the relationships topic, by partition")
+        self.state = table(
+            "state",
+            "the namespace actor's state by kind (see Kind): relationship records, remembered "
+            "requests, schemas, applied offsets, waiting executions",
+        )
         self.pattern_requests = table("pattern_requests", "results of pattern commands by request_id")
-        self.executions = table("executions", "waiting pattern executions by namespace/request_id")
 
 
 class NamespaceActor:
@@ -164,11 +179,11 @@ class NamespaceActor:
             internal=False,
         )
         self.tables = Tables(app, settings.partitions)
-        self.request_log = TableRequestLog(self.tables.requests)
+        self.request_log = TableRequestLog(self.tables.state)
         self._analysis_pool: ProcessPoolExecutor | None = None
         self.service = NamespaceService(
             self.request_log,
-            lambda namespace: TableRecords(self.tables.relationships, namespace),
+            lambda namespace: TableRecords(self.tables.state, namespace),
             limits_from(settings),
             offload=self.in_analysis_process,
             executions=Executions(
@@ -194,18 +209,10 @@ class NamespaceActor:
         started = time.perf_counter()
         service, tables = self.service, self.tables
         service.reset()
-        for stored_key, record in tables.relationships.items():
-            service.load_record(stored_key, record)
-        for namespace, document in tables.schemas.items():
-            if document is not None:
-                service.load_schema(namespace, document)
-        for stored_key, result in tables.requests.items():
-            service.load_request(stored_key, result)
+        for stored_key, value in tables.state.items():
+            kind, _, rest = stored_key.partition(SEP)
+            self._load(kind, rest, value)
         service.sort_requests()
-        for partition, offset in tables.progress.items():
-            service.load_progress(int(partition), int(offset))
-        for stored_key, state in tables.executions.items():
-            service.executions.load(stored_key, state)
         self._resume_sent.clear()
         log.info(
             "graphs rebuilt in %.2fs: %d namespaces, %d relationships",
@@ -214,33 +221,53 @@ class NamespaceActor:
             sum(len(g) for g in service.graphs.values()),
         )
 
+    def _load(self, kind: str, key: str, value: Any) -> None:
+        service = self.service
+        if kind == Kind.RECORD:
+            service.load_record(key, value)
+        elif kind == Kind.REQUEST:
+            service.load_request(key, value.get("result", value))
+        elif kind == Kind.SCHEMA:
+            if value is not None:
+                service.load_schema(key, value)
+        elif kind == Kind.PROGRESS:
+            service.load_progress(int(key), int(value))
+        elif kind == Kind.EXECUTION:
+            service.executions.load(key, value)
+
     async def publish(self, out: Outbound) -> None:
         await self.topics[out.spec].send(
             key=out.key, value=out.value, headers=out.headers, partition=out.partition
         )
 
     def _write_tables(self, reply: Reply, request_log: TableRequestLog) -> None:
-        tables = self.tables
+        """The remembered reply first (see Kind), then the state it changed."""
+        state = self.tables.state
+        if reply.remembered is not None:
+            request_log.put(reply.remembered)
         for change in reply.changes:
             rel = change.relationship
             value = rel.to_record() if isinstance(change, Put) else None
-            _put_or_delete(tables.relationships, rel.key.as_stored(rel.namespace), value)
+            _put_or_delete(state, state_key(Kind.RECORD, rel.key.as_stored(rel.namespace)), value)
         if reply.schema is not None:
             namespace, document = reply.schema
-            tables.schemas[namespace] = document
+            state[state_key(Kind.SCHEMA, namespace)] = document
         if reply.progress is not None:
             partition, offset = reply.progress
-            tables.progress[str(partition)] = offset
+            state[state_key(Kind.PROGRESS, str(partition))] = offset
         if reply.execution_state is not None:
-            _put_or_delete(tables.executions, *reply.execution_state)
-        if reply.remember is not None:
-            request_log.put(reply.remember)
+            key, execution = reply.execution_state
+            _put_or_delete(state, state_key(Kind.EXECUTION, key), execution)
         for namespace, request_id in reply.forget:
             request_log.forget(namespace, request_id)
 
     async def complete(self, reply: Reply, started: float) -> None:
-        """Make a reply durable and visible, then acknowledge its message."""
+        """Make a reply durable, then visible, then acknowledge its message. Its state is flushed to
+        the changelog before its result is published: a client never sees a result whose effects
+        a crash could still lose (the redelivered request then runs again)."""
         self._write_tables(reply, self.request_log)
+        if reply.remembered is not None or reply.changes:
+            await self.app.producer.flush()
         for out in reply.outbound:
             await self.publish(out)
         if reply.wake_at is not None:
@@ -249,6 +276,7 @@ class NamespaceActor:
             await self.count_execution(reply.execution_stats)
         if reply.message is not None:
             self.metrics.observe(reply.message.spec, reply, time.perf_counter() - started)
+            log_reply(reply.message.spec, reply.result, reply.outbound)  # observability: failure lines
             event = reply.message.token
             if event is not None:
                 event.ack()  # type: ignore[attr-defined]
@@ -381,6 +409,9 @@ class NamespaceActor:
             await self.complete(reply, time.perf_counter())
         now = self.service.clock()
         self.metrics.executions_in_flight.set(len(self.service.executions.waiting))
+        # observability: graph size gauges (throttled inside) and consumer lag
+        self.metrics.observe_graphs(self.service.graphs)
+        await self.metrics.observe_consumer(self.app.consumer, self.app.monitor, self.by_name)
         for namespace, request_id in self.service.waiting_due(now):
             sent = self._resume_sent.get((namespace, request_id))
             if sent is None or time.monotonic() - sent > 5.0:
@@ -430,6 +461,7 @@ class PatternActor:
             for out in reply.outbound:
                 await self.namespaces.publish(out)
             self.namespaces.metrics.observe(PATTERNS, reply, time.perf_counter() - started)
+            log_reply(PATTERNS, reply.result, reply.outbound)  # observability: failure lines
             event.ack()
 
     async def register_system_patterns(self) -> None:
@@ -462,7 +494,11 @@ async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None
     await consumer.start()
     try:
         topic = settings.topic(EVENTS.name)
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - partitions before assigning
         partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            log.error("cannot follow %s (no partitions): pattern caches are invalidated locally only", topic)
+            return
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
@@ -493,10 +529,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
+    metrics = metrics or Metrics()
+    app.sensors.add(metrics.faust_sensor())  # observability: nexus_kafka_* metrics
     store = RedisPatternStore.from_settings(settings)
+    store.observer = metrics.observe_redis  # observability: nexus_redis_* metrics
     cache = PatternCache(settings.pattern_cache_size)
-    actor = NamespaceActor(app, settings, metrics or Metrics(), store, cache)
-    actor.tables.relationships.on_recover(actor.rebuild)
+    actor = NamespaceActor(app, settings, metrics, store, cache)
+    actor.tables.state.on_recover(actor.rebuild)
     app.agent(actor.inbound, name="apply_namespace_commands")(actor.process)
     app.timer(interval=settings.maintenance_interval_s)(actor.maintain)
     patterns = PatternActor(app, settings, actor)

@@ -2,14 +2,12 @@
 the worker SIGKILLed in the middle, restarted: every request answered with one result, each
 committed change exactly once.
 
-It FAILS today in about 2 runs out of 3, and shows two real gaps of at-least-once processing:
-a reply's outputs (table changelogs, result, events) are not written atomically, so a SIGKILL can
-(1) lose a relationship event whose change and remembered result were persisted (the redelivered
-request only replays the result), or (2) persist the relationship change but not the remembered
-result, so the redelivered request runs again and answers differently (duplicate_relationship).
-The planned fix: write the remembered reply (result, events, changes) first and make it durable,
-then the other tables, then publish; on redelivery, re-apply the remembered changes and
-re-publish result and events. Rename to test_crash.py once it passes reliably.
+State of play: with the remembered reply written first into the one `state` table and the state
+flushed before results are published, 3 runs in 4 pass. The 4th shows the restarted worker
+stalling: it is Ready, answers the readiness probe, then processes nothing of the redelivered
+requests for 180 s (no error in its log). To investigate next: where the agent waits (a
+producer flush, a Redis call in prefetch/count_execution, Faust's ack gap after redelivery).
+Rename to test_crash.py once it passes reliably.
 """
 
 from __future__ import annotations
@@ -119,16 +117,17 @@ async def run_crash_scenario(  # noqa: C901 - a scenario, read top to bottom
             namespace = f"ns{n}-{run_id}"
             stats = await wire.request("queries", namespace, {"action": "stats"}, timeout_s=60)
             assert stats["output"]["relationships"] == REQUESTS // NAMESPACES
-        created = defaultdict(int)
+        created: defaultdict[tuple[str, str], set[bytes]] = defaultdict(set)
         for record in wire.matching(
             "events", lambda r: r.headers.get("nexus-event-type") == "relationship_created"
         ):
             event = record.json()
             if event.get("request_id") in mine:
                 rel = event["relationship"]
-                created[(rel["source"], rel["target"])] += 1
+                created[(rel["source"], rel["target"])].add(record.value or b"")
         assert len(created) == REQUESTS
-        assert {k: v for k, v in created.items() if v != 1} == {}
+        # at-least-once: an event may be published again after the crash, always identical
+        assert {k: len(v) for k, v in created.items() if len(v) != 1} == {}
         assert "Traceback" not in worker.log_text()
     finally:
         worker.stop()

@@ -20,7 +20,7 @@ from nexus_streams.domain.graph import MemoryRecords, Put, Remove
 from nexus_streams.domain.relationships import Relationship, RelationshipKey, RelationType, canonical_key
 from nexus_streams.executions import PatternLookup
 from nexus_streams.messages import RESULT_ADAPTER, Result
-from nexus_streams.service import Limits, NamespaceService, Outbound, Received, Reply
+from nexus_streams.service import Limits, NamespaceService, Outbound, Received, Remembered, Reply
 from nexus_streams.topics import (
     DEADLETTER,
     EVENTS,
@@ -49,14 +49,19 @@ class RequestLog:
     """The agent's request table: results by (namespace, request_id)."""
 
     def __init__(self) -> None:
-        self.results: dict[tuple[str, str], Result] = {}
+        self.results: dict[tuple[str, str], Remembered] = {}
 
-    def get(self, namespace: str, request_id: str) -> Result | None:
+    def get(self, namespace: str, request_id: str) -> Remembered | None:
         return self.results.get((namespace, request_id))
 
-    def put(self, result: Result) -> None:
-        assert result.request_id is not None
-        self.results[(result.namespace, result.request_id)] = result
+    def result(self, namespace: str, request_id: str) -> Result | None:
+        remembered = self.results.get((namespace, request_id))
+        return None if remembered is None else remembered.result
+
+    def put(self, remembered: Remembered) -> None:
+        result = remembered.result
+        assert result.request_id is not None and result.namespace is not None
+        self.results[(result.namespace, result.request_id)] = Remembered.from_dict(remembered.to_dict())
 
     def forget(self, namespace: str, request_id: str) -> None:
         self.results.pop((namespace, request_id), None)
@@ -159,8 +164,8 @@ class Worker:
         if reply.progress is not None:
             partition, offset = reply.progress
             self.progress_table[str(partition)] = offset
-        if reply.remember is not None:
-            self.log.put(reply.remember)
+        if reply.remembered is not None:
+            self.log.put(reply.remembered)
         for namespace, request_id in reply.forget:
             self.log.forget(namespace, request_id)
         self.published += reply.outbound
@@ -187,7 +192,7 @@ class Worker:
             if document is not None:
                 self.service.load_schema(namespace, document)
         for (namespace, request_id), result in self.log.results.items():
-            self.service.load_request(f"{namespace}\x1f{request_id}", result.model_dump(mode="json"))
+            self.service.load_request(f"{namespace}\x1f{request_id}", result.result.model_dump(mode="json"))
         self.service.sort_requests()
         for partition, offset in self.progress_table.items():
             self.service.load_progress(int(partition), offset)
@@ -387,7 +392,7 @@ def test_service__create__ok_result_event_and_durable_change(worker: Worker) -> 
     assert worker.records[NS].data == {expected.key: expected}
     assert worker.relationships_table == {expected.key.as_stored(NS): expected.to_record()}
     assert worker.service.applied == {PARTITION: msg.offset}
-    assert worker.log.get(NS, "r-create") == reply.result
+    assert worker.log.result(NS, "r-create") == reply.result
     assert worker.acked == [msg]
 
 
@@ -743,7 +748,7 @@ def test_service__invalid_field__validation_error_naming_it(
         "action": message.get("action"),
         "source": {"topic": "nexus.relationships", "partition": PARTITION, "offset": offset_of(reply)},
     }
-    assert worker.log.get(NS, "r-create") == reply.result
+    assert worker.log.result(NS, "r-create") == reply.result
     assert len(worker.service.graph(NS)) == 0
 
 
@@ -845,7 +850,7 @@ def test_service__batch__third_command_fails__nothing_applied(
     assert worker.graph_state() == before
     assert worker.service.graph(NS).savepoint() == 0
     # the failed batch is remembered; a fixed batch is a new request
-    assert worker.log.get(NS, "r-batch") == reply.result
+    assert worker.log.result(NS, "r-batch") == reply.result
     fixed = batch(step("create", "a", "owner", "b"), request_id="r-batch-2")
     assert worker.ok(fixed)["count"] == 1
 
@@ -1956,3 +1961,33 @@ def test_service__execute_waiting__state_kept_duplicate_ignored_resume_finishes(
     assert result["output"]["steps"]["fail"]["attempts"] == 2
     assert done.execution_state == (f"{NS}\x1fx-3", None)
     assert worker.service.waiting_due(worker.now) == []
+
+
+# --------------------------------------------------------------------------- redelivery after a crash
+
+
+def test_service__redelivered_message__reapplies_changes_and_republishes_events(worker: Worker) -> None:
+    msg = worker.message(create(request_id="r-crash"))
+    [first] = worker.process(msg)
+    # a crash lost the record and the event, but the remembered reply was durable
+    worker.relationships_table.clear()
+    worker.records[NS].data.clear()
+    worker.rebuild()
+    assert len(worker.service.graph(NS)) == 0
+
+    [again] = worker.service.handle(msg)  # the very same message, redelivered
+    worker.complete(again)
+    assert result_of(again) == result_of(first)
+    assert [body(o)["type"] for o in again.outbound if o.spec is EVENTS] == ["relationship_created"]
+    assert [type(c).__name__ for c in again.changes] == ["Put"]
+    assert len(worker.service.graph(NS)) == 1
+    assert worker.relationships_table == {
+        first.changes[0].relationship.key.as_stored(NS): first.changes[0].relationship.to_record()
+    }
+
+
+def test_service__client_duplicate__result_only(worker: Worker) -> None:
+    worker.process(worker.message(create(request_id="r-dup")))
+    [again] = worker.send(create(request_id="r-dup"))  # a new message with the same request id
+    assert [o.spec for o in again.outbound] == [RESULTS]
+    assert again.changes == []
