@@ -42,12 +42,14 @@ worker: install
 	@set -e; eval "$$($(STACK) up)"; $(VENV)/bin/nexus-streams worker
 
 test: install
+	@bash scripts/prometheus.sh install
 	@set -e; eval "$$($(STACK) up)"; $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit tests/test_architecture.py $(PYTEST_ARGS)
 
 test-integration: install
+	@bash scripts/prometheus.sh install
 	@set -e; eval "$$($(STACK) up)"; $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: install
