@@ -10,6 +10,7 @@ that is still running get no second execution; its one result comes when it fini
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class ExecutionStats:
     step_failures: int
     step_retries: int
     rollback: str
+    #: ("type/action", seconds its attempts ran) per step that ran
+    step_durations: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -108,7 +111,7 @@ class Executions:
     def __init__(self, policy: AccessPolicy, limits: ExecutionLimits | None = None) -> None:
         self.policy = policy
         self.lookup = PatternLookup()
-        self.engine = ExecutionEngine(self._resolve, limits)
+        self.engine = ExecutionEngine(self._resolve, limits, timer=time.perf_counter)
         #: (namespace, request_id) -> the waiting execution
         self.waiting: dict[tuple[str, str], Execution] = {}
 
@@ -186,7 +189,20 @@ class Executions:
                 step_failures=sum(1 for s in outcome.steps.values() if s.get("status") == "failed"),
                 step_retries=sum(max(0, int(s.get("attempts") or 0) - 1) for s in outcome.steps.values()),
                 rollback=outcome.rollback.value,
+                step_durations=self._step_durations(outcome),
             ),
+        )
+
+    def _step_durations(self, outcome: ExecutionOutcome) -> tuple[tuple[str, float], ...]:
+        try:
+            pattern = self.lookup.get(outcome.pattern_id, outcome.pattern_version)
+        except NexusError:
+            return ()
+        kinds = {step.id: f"{step.type}/{step.action}" for step in pattern.steps}
+        return tuple(
+            (kinds[step_id], float(report.get("busy_ms") or 0.0) / 1000)
+            for step_id, report in outcome.steps.items()
+            if step_id in kinds and int(report.get("attempts") or 0) > 0
         )
 
     @staticmethod

@@ -164,6 +164,13 @@ class Metrics:
             ["pattern", "policy"],
             registry=r,
         )
+        self.step_duration = Histogram(
+            "nexus_pattern_step_duration_seconds",
+            "Time the attempts of a step ran (not waiting for retries), by pattern and step kind",
+            ["pattern", "step"],
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
         self.executions_in_flight = Gauge(
             "nexus_pattern_executions_in_flight",
             "Executions waiting (for a retry) on this worker",
@@ -283,6 +290,8 @@ class Metrics:
         """Pattern ids label these: patterns are a managed set, not user input per request."""
         self.executions.labels(stats.pattern_id, str(stats.version), stats.status).inc()
         self.execution_duration.labels(stats.pattern_id).observe(stats.duration_ms / 1000)
+        for step_kind, seconds in stats.step_durations:
+            self.step_duration.labels(stats.pattern_id, step_kind).observe(seconds)
         if stats.step_failures:
             self.step_failures.labels(stats.pattern_id).inc(stats.step_failures)
         if stats.step_retries:

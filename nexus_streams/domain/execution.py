@@ -420,9 +420,12 @@ class StepState:
     nested: Execution | None = None
     #: {status, output, error} of its compensation, once run
     compensation: dict[str, Any] | None = None
+    #: time spent running its attempts (by the engine's `timer`; 0 without one), not waiting
+    busy_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "busy_ms": self.busy_ms,
             "status": self.status.value,
             "attempts": self.attempts,
             "output": self.output,
@@ -449,6 +452,7 @@ class StepState:
             reason=data.get("reason"),
             nested=None if nested is None else Execution.from_dict(nested),
             compensation=data.get("compensation"),
+            busy_ms=float(data.get("busy_ms", 0.0)),
         )
 
     def report(self) -> dict[str, Any]:
@@ -458,6 +462,8 @@ class StepState:
             "output": self.output,
             "error": self.error,
         }
+        if self.busy_ms:  # measured when the engine has a timer (the worker's has)
+            found["busy_ms"] = round(self.busy_ms, 3)
         if self.reason is not None:
             found["reason"] = self.reason
         if self.nested is not None:
@@ -695,10 +701,13 @@ class ExecutionEngine:
         resolve_pattern: PatternResolver,
         limits: ExecutionLimits | None = None,
         rand: Callable[[], float] = random.random,
+        timer: Callable[[], float] | None = None,
     ) -> None:
         self._resolve = resolve_pattern
         self.limits = limits or ExecutionLimits()
         self.rand = rand
+        #: measures how long step attempts run (e.g. time.perf_counter); outcomes never depend on it
+        self.timer = timer
         self._patterns: dict[tuple[str, int], _Compiled] = {}
 
     def start(
@@ -1059,13 +1068,19 @@ class _Call:
         if step.kind == INCLUDE_STEP:
             self.start_nested(ex, compiled, step, state, path)
             return
+        timer = self.engine.timer
+        started = timer() if timer is not None else 0.0
         try:
             output = self.run_kind(ex, step.type, step.action, step.parameters, state.attempts, path, False)
         except _Abort:
             raise
         except Exception as exc:  # NexusError, a control step's failure, or a bug: the step fails
+            if timer is not None:
+                state.busy_ms += (timer() - started) * 1000
             self.fail(ex, step, state, path, _problem_of(exc, path, self.root.execution_id))
         else:
+            if timer is not None:
+                state.busy_ms += (timer() - started) * 1000
             self.complete(ex, step, state, path, output)
 
     def complete(self, ex: Execution, step: Step, state: StepState, path: str, output: Any) -> None:
