@@ -4,6 +4,7 @@ real worker process. A missing service fails the run loudly; nothing here skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -150,6 +151,39 @@ async def wait_until_answering(wire: Wire, worker: WorkerProcess, timeout_s: flo
                 ) from None
 
 
+async def create_topics(kafka_bootstrap: str, env: dict[str, str]) -> None:
+    """A run's topics, created by the same code the worker runs at start."""
+    from nexus_streams.settings import Settings
+    from nexus_streams.streams.admin import ensure_topics
+
+    await ensure_topics(
+        Settings(
+            kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=PARTITIONS
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def own_worker(
+    kafka_bootstrap: str, redis_url: str, name: str
+) -> AsyncIterator[tuple[Wire, WorkerProcess, str]]:
+    """A worker of its own (own topics, group, Redis keys) for tests that kill and restart it;
+    yields it answering, with a Wire on its topics and the run id; stops both afterwards."""
+    run_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    env = worker_env(kafka_bootstrap, redis_url, run_id)
+    await create_topics(kafka_bootstrap, env)
+    wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
+    await wire.start()
+    worker = WorkerProcess(env, f"worker-{run_id}")
+    try:
+        worker.start()
+        await wait_until_answering(wire, worker)
+        yield wire, worker, run_id
+    finally:
+        worker.stop()
+        await wire.stop()
+
+
 @pytest.fixture(scope="session")
 def run_id() -> str:
     return uuid.uuid4().hex[:10]
@@ -158,16 +192,8 @@ def run_id() -> str:
 @pytest.fixture(scope="session")
 async def topics_ready(kafka_bootstrap: str, redis_url: str, run_id: str) -> dict[str, str]:
     """The run's topics, created by the same code the worker runs at start."""
-    from nexus_streams.settings import Settings
-    from nexus_streams.streams.admin import ensure_topics
-
     env = worker_env(kafka_bootstrap, redis_url, run_id)
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        topic_prefix=env["NEXUS_TOPIC_PREFIX"],
-        partitions=PARTITIONS,
-    )
-    await ensure_topics(settings)
+    await create_topics(kafka_bootstrap, env)
     return env
 
 

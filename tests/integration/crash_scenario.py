@@ -13,11 +13,9 @@ Rename to test_crash.py once it passes reliably.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 
-from tests.integration.conftest import WorkerProcess, wait_until_answering, worker_env
-from tests.integration.wire import Wire
+from tests.integration.conftest import own_worker, wait_until_answering
 
 REQUESTS = 240
 NAMESPACES = 4
@@ -26,20 +24,7 @@ NAMESPACES = 4
 async def run_crash_scenario(  # noqa: C901 - a scenario, read top to bottom
     kafka_bootstrap: str, redis_url: str
 ) -> None:
-    from nexus_streams.settings import Settings
-    from nexus_streams.streams.admin import ensure_topics
-
-    run_id = f"crash-{uuid.uuid4().hex[:8]}"
-    env = worker_env(kafka_bootstrap, redis_url, run_id)
-    await ensure_topics(
-        Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=4)
-    )
-    wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
-    await wire.start()
-    worker = WorkerProcess(env, f"worker-{run_id}")
-    try:
-        worker.start()
-        await wait_until_answering(wire, worker)
+    async with own_worker(kafka_bootstrap, redis_url, "crash") as (wire, worker, run_id):
         requests: dict[str, tuple[str, str, dict]] = {}
         for i in range(REQUESTS):
             namespace = f"ns{i % NAMESPACES}-{run_id}"
@@ -129,6 +114,3 @@ async def run_crash_scenario(  # noqa: C901 - a scenario, read top to bottom
         # at-least-once: an event may be published again after the crash, always identical
         assert {k: len(v) for k, v in created.items() if len(v) != 1} == {}
         assert "Traceback" not in worker.log_text()
-    finally:
-        worker.stop()
-        await wire.stop()

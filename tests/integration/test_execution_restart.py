@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from tests.integration.conftest import WorkerProcess, wait_until_answering, worker_env
-from tests.integration.wire import Wire
+from tests.integration.conftest import own_worker, wait_until_answering
 
 
 async def test_waiting_execution__resumes_after_sigkill(kafka_bootstrap: str, redis_url: str) -> None:
-    from nexus_streams.settings import Settings
-    from nexus_streams.streams.admin import ensure_topics
-
-    run_id = f"exec-restart-{uuid.uuid4().hex[:8]}"
-    env = worker_env(kafka_bootstrap, redis_url, run_id)
-    await ensure_topics(
-        Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=4)
-    )
-    wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
-    await wire.start()
-    worker = WorkerProcess(env, f"worker-{run_id}")
-    try:
-        worker.start()
-        await wait_until_answering(wire, worker)
+    async with own_worker(kafka_bootstrap, redis_url, "exec-restart") as (wire, worker, run_id):
         stored = await wire.request(
             "patterns",
             "slow_start",
@@ -84,6 +70,3 @@ async def test_waiting_execution__resumes_after_sigkill(kafka_bootstrap: str, re
             lambda r: r.json().get("request_id") == request_id and r.json()["type"] == "relationship_created",
         )
         assert len(created) == 1
-    finally:
-        worker.stop()
-        await wire.stop()

@@ -3,29 +3,13 @@ from the changelog topics: nothing lost, nothing doubled."""
 
 from __future__ import annotations
 
-import uuid
-
-from tests.integration.conftest import WorkerProcess, wait_until_answering, worker_env
-from tests.integration.wire import Wire
+from tests.integration.conftest import own_worker, wait_until_answering
 
 
 async def test_restart__sigkill_then_graph_and_requests_recovered(
     kafka_bootstrap: str, redis_url: str
 ) -> None:
-    from nexus_streams.settings import Settings
-    from nexus_streams.streams.admin import ensure_topics
-
-    run_id = f"restart-{uuid.uuid4().hex[:8]}"
-    env = worker_env(kafka_bootstrap, redis_url, run_id)
-    await ensure_topics(
-        Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=4)
-    )
-    wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
-    await wire.start()
-    worker = WorkerProcess(env, f"worker-{run_id}")
-    try:
-        worker.start()
-        await wait_until_answering(wire, worker)
+    async with own_worker(kafka_bootstrap, redis_url, "restart") as (wire, worker, run_id):
         namespaces = [f"ns-{i}-{run_id}" for i in range(4)]
         created = []
         for i, ns in enumerate(namespaces * 5):
@@ -97,6 +81,3 @@ async def test_restart__sigkill_then_graph_and_requests_recovered(
         log = worker.log_text()
         assert "Traceback" not in log
         assert "Error in recovery" not in log
-    finally:
-        worker.stop()
-        await wire.stop()
