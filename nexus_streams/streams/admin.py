@@ -18,6 +18,21 @@ class TopicMismatch(Exception):
     """An existing topic has a partition count that breaks co-partitioning."""
 
 
+#: the namespace actor's and the pattern registry's changelog-backed tables (streams/app.py)
+TABLES = ("state", "pattern_requests")
+_NAMESPACE = Partitioning.NAMESPACE
+_SPREAD = Partitioning.SPREAD
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """Faust's name for a table's changelog topic."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def _spread(settings: Settings) -> set[str]:
+    return {settings.topic(spec.name) for spec in ALL_TOPICS if spec.partitioning is Partitioning.SPREAD}
+
+
 async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str, int]:
     """Create missing topics; return {topic: partitions}. Idempotent; safe with several workers."""
     admin = AIOKafkaAdminClient(
@@ -25,16 +40,20 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
     )
     await admin.start()
     try:
-        wanted = {settings.topic(spec.name): spec for spec in ALL_TOPICS}
+        policies = {settings.topic(spec.name): spec.cleanup_policy for spec in ALL_TOPICS}
+        # the tables' changelogs too: left to Faust, their creation races its first assignment on a
+        # new broker (the agent then fails with PartitionsMismatch on a changelog it cannot see yet)
+        policies |= {changelog_topic(settings, table): "compact" for table in TABLES}
+        wanted = {name: _NAMESPACE if name not in _spread(settings) else _SPREAD for name in policies}
         existing = await _partitions(admin, list(wanted))
         missing = [
             NewTopic(
                 name=name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": spec.cleanup_policy},
+                topic_configs={"cleanup.policy": policy},
             )
-            for name, spec in wanted.items()
+            for name, policy in policies.items()
             if name not in existing
         ]
         if missing:
@@ -52,8 +71,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
                 absent = sorted(set(wanted) - set(existing))
                 raise TimeoutError(f"topics not visible after {timeout_s}s: {absent}")
             await asyncio.sleep(0.2)
-        for name, spec in wanted.items():
-            if spec.partitioning is Partitioning.NAMESPACE and existing[name] != settings.partitions:
+        for name, partitioning in wanted.items():
+            if partitioning is _NAMESPACE and existing[name] != settings.partitions:
                 raise TopicMismatch(
                     f"topic {name} has {existing[name]} partitions but NEXUS_PARTITIONS is "
                     f"{settings.partitions}; the namespace topics must be co-partitioned"

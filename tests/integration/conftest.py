@@ -158,7 +158,10 @@ async def create_topics(kafka_bootstrap: str, env: dict[str, str]) -> None:
 
     await ensure_topics(
         Settings(
-            kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=PARTITIONS
+            kafka_bootstrap=kafka_bootstrap,
+            app_id=env["NEXUS_APP_ID"],
+            topic_prefix=env["NEXUS_TOPIC_PREFIX"],
+            partitions=PARTITIONS,
         )
     )
 

@@ -41,13 +41,11 @@ import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from nexus_streams.settings import Settings
-from nexus_streams.streams.admin import ensure_topics
 from tests.integration.conftest import (
     LOG_DIR,
-    PARTITIONS,
     REPO,
     WorkerProcess,
+    create_topics,
     free_port,
     wait_until_answering,
     worker_env,
@@ -367,11 +365,7 @@ async def observed(
     ensure_prometheus()
     run_id = f"dash{uuid.uuid4().hex[:8]}"
     env = {**worker_env(kafka_bootstrap, redis_url, run_id), "NEXUS_LOG_JSON": "true"}
-    await ensure_topics(
-        Settings(
-            kafka_bootstrap=kafka_bootstrap, topic_prefix=env["NEXUS_TOPIC_PREFIX"], partitions=PARTITIONS
-        )
-    )
+    await create_topics(kafka_bootstrap, env)
     worker = WorkerProcess(env, f"worker-{run_id}")
     worker.start()
 
