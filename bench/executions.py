@@ -52,6 +52,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
+from report import Report  # bench/report.py: the table both benchmarks print
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_DIR = REPO / ".stack" / "logs"
@@ -71,37 +72,6 @@ def percentile(sorted_s: list[float], q: float) -> float:
     if not sorted_s:
         return float("nan")
     return sorted_s[min(len(sorted_s) - 1, int(q * len(sorted_s)))] * 1000
-
-
-@dataclass
-class Row:
-    name: str
-    value: str
-    goal: str = ""
-    ok: bool | None = None
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-
-    def add(self, name: str, value: str, goal: str = "", ok: bool | None = None) -> None:
-        self.rows.append(Row(name, value, goal, ok))
-        print(f"  {name}: {value}", file=sys.stderr, flush=True)
-
-    def section(self, title: str) -> None:
-        self.rows.append(Row(f"-- {title}", ""))
-        print(f"-- {title}", file=sys.stderr, flush=True)
-
-    def print(self) -> None:
-        width = max(len(r.name) for r in self.rows)
-        vwidth = max(len(r.value) for r in self.rows)
-        gwidth = max(len(r.goal) for r in self.rows)
-        print(f"{'measure':<{width}}  {'value':>{vwidth}}  {'goal':<{gwidth}}  pass")
-        print("-" * (width + vwidth + gwidth + 10))
-        for r in self.rows:
-            mark = "" if r.ok is None else ("yes" if r.ok else "NO")
-            print(f"{r.name:<{width}}  {r.value:>{vwidth}}  {r.goal:<{gwidth}}  {mark}")
 
 
 def cpu_seconds(pid: int) -> float:
