@@ -5,20 +5,24 @@ strings and RelationshipKeys only for its answer. Each is bounded (depth, a resu
 visit limit) and raises `ResourceLimit` rather than answering partially, so the work one call can
 do on the event loop is capped. Whole-graph questions belong to domain/analysis.py.
 
-Measured at 1M relationships on a 2-core machine (bench/graph.py): find_path max_depth=3 ~11 us
-at p50; a search that exhausts its visit limit costs ~0.7-1.4 us per visited entity (BFS) or
-~0.8 us (DFS), so the visit limit, not the depth, bounds the longest step: ~50k fits 50 ms."""
+Measured at 1M relationships on a busy 2-core machine (bench/graph.py): find_path max_depth=3
+~12 us at p50 for pairs within 3 hops, ~15 us for random pairs (about as fast as networkx's
+bidirectional search giving the same answer on the first, 6x faster than its best bounded
+query on the second); a search that exhausts its visit limit costs ~0.8 us per visited entity
+(BFS) or ~1.5 us (DFS), so the visit limit, not the depth, bounds the longest step: ~50k fits
+50 ms. In find_path, building the answer (Path, RelationshipKeys) costs about as much as the
+search on a near pair: hence relationships.make_key and _new_path."""
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, NoReturn, TypeAlias, cast
 
 from nexus_streams.domain.errors import CycleDetected, ResourceLimit, ValidationFailed
 from nexus_streams.domain.index import TYPES_BY_CODE, Direction, GraphIndex, _steps
-from nexus_streams.domain.relationships import RelationshipKey, RelationType, parse_type
+from nexus_streams.domain.relationships import RelationshipKey, RelationType, make_key, parse_type
 
 #: every code stored in the arrays (child is never stored), in the order paths prefer them
 _CODE_ORDER = (0, 1, 2, 3)
@@ -95,18 +99,38 @@ def dependency_codes(types: Iterable[RelationType] | None) -> tuple[frozenset[in
     return _steps(Direction.OUT, dependency_types(types))
 
 
-_Codes: TypeAlias = tuple[frozenset[int], frozenset[int], frozenset[int] | None, frozenset[int] | None]
+class _Codes(NamedTuple):
+    """What a search follows for one (direction, types), per array (see index._steps)."""
+
+    #: codes to follow on the out-arrays and on the in-arrays
+    out_codes: frozenset[int]
+    in_codes: frozenset[int]
+    #: the same, or None when every stored code is followed (no test needed)
+    out_test: frozenset[int] | None
+    in_test: frozenset[int] | None
+    #: the same in the order paths prefer them (the lowest code first)
+    out_order: tuple[int, ...]
+    in_order: tuple[int, ...]
+
+
 _STEP_CACHE: dict[tuple[Direction, frozenset[RelationType] | None], _Codes] = {}
 
 
-def _step_codes(index: GraphIndex, direction: Direction, wanted: frozenset[RelationType] | None) -> _Codes:
-    """index.step_codes plus, per array, the codes to test (None: all, no test needed);
-    memoised: computing it costs ~10 us, more than a whole depth-3 search."""
+def _step_codes(direction: Direction, wanted: frozenset[RelationType] | None) -> _Codes:
+    """The codes a search follows; memoised: computing them costs more than a whole depth-3
+    search."""
     key = (direction, wanted)
     codes = _STEP_CACHE.get(key)
     if codes is None:
-        out_codes, in_codes = index.step_codes(direction, wanted)
-        codes = out_codes, in_codes, _filter(out_codes), _filter(in_codes)
+        out_codes, in_codes = _steps(direction, wanted)
+        codes = _Codes(
+            out_codes,
+            in_codes,
+            _filter(out_codes),
+            _filter(in_codes),
+            tuple(c for c in _CODE_ORDER if c in out_codes),
+            tuple(c for c in _CODE_ORDER if c in in_codes),
+        )
         _STEP_CACHE[key] = codes
     return codes
 
@@ -115,27 +139,23 @@ def _filter(codes: frozenset[int]) -> frozenset[int] | None:
     return None if codes >= _ALL_CODES else codes
 
 
-def _key_between(
-    outs: _Arrays,
-    ins: _Arrays,
-    a: int,
-    b: int,
-    steps: tuple[str, str, frozenset[int], frozenset[int]],
-) -> RelationshipKey:
-    """The canonical relationship of a step from node a to node b (named `steps[:2]`), along
-    the codes `steps[2:]` allow on each array; the lowest type code first if several do."""
-    name_a, name_b, out_codes, in_codes = steps
-    entries = outs[a]
-    if entries is not None:
-        for code in _CODE_ORDER:
-            if code in out_codes and b * 8 + code in entries:
-                return RelationshipKey(name_a, TYPES_BY_CODE[code], name_b)
-    entries = ins[a]
-    if entries is not None:
-        for code in _CODE_ORDER:
-            if code in in_codes and b * 8 + code in entries:
-                return RelationshipKey(name_b, TYPES_BY_CODE[code], name_a)
-    raise AssertionError(f"no step from node {a} to node {b}")  # pragma: no cover
+#: the default question (both directions, every type), without hashing the arguments
+_BOTH = Direction.BOTH
+_BOTH_ALL = _step_codes(_BOTH, None)
+#: relationship type by code, as a tuple
+_TYPES = tuple(TYPES_BY_CODE[code] for code in range(len(TYPES_BY_CODE)))
+
+_set_entities = Path.__dict__["entities"].__set__
+_set_relationships = Path.__dict__["relationships"].__set__
+
+
+def _new_path(entities: list[str], relationships: list[RelationshipKey]) -> Path:
+    """`Path(entities, relationships)` without the frozen dataclass's `__init__`, which costs
+    more than a one-hop search (see relationships.make_key)."""
+    path: Path = object.__new__(Path)
+    _set_entities(path, entities)
+    _set_relationships(path, relationships)
+    return path
 
 
 def _name(names: list[str | None], node: int) -> str:
@@ -147,7 +167,7 @@ def _name(names: list[str | None], node: int) -> str:
 # ------------------------------------------------------------------------------- find_path
 
 
-def find_path(
+def find_path(  # noqa: C901 - the first level is inlined: it answers most near pairs alone
     index: GraphIndex,
     source: str,
     target: str,
@@ -159,47 +179,85 @@ def find_path(
 ) -> Path | None:
     """A shortest path (by hops) of at most `max_depth` relationships, or None.
 
-    Bidirectional BFS that always expands the smaller frontier; the backward search follows the
-    steps in reverse. An entity with no relationships is not in the index: no path (but an
-    entity always reaches itself with no relationship). Raises `ResourceLimit` when more than
-    `visit_limit` entities were visited (checked after each expanded entity, so it can overshoot
-    by one entity's degree before raising).
+    Bidirectional BFS that always expands the smaller frontier (the forward one on a tie, so the
+    first level expands the source); the backward search follows the steps in reverse. An entity
+    with no relationships is not in the index: no path (but an entity always reaches itself with
+    no relationship). Raises `ResourceLimit` when more than `visit_limit` entities were visited
+    (checked after each expanded entity, so it can overshoot by one entity's degree before
+    raising).
+
+    Of several shortest paths, the first the search meets; between two entities of the path,
+    the relationship along the out-array first, then the lowest type code (see `_path`).
     """
     if max_depth < 0:
         _check_depth(max_depth)
-    wanted = None if types is None else _type_set(types)
+    if types is None and direction is _BOTH:
+        codes = _BOTH_ALL
+    else:
+        codes = _step_codes(direction, None if types is None else _type_set(types))
     if source == target:
-        return Path([source], [])
-    s = index.node_of(source)
-    t = index.node_of(target)
-    if s is None or t is None:
+        return _new_path([source], [])
+    ids, names, outs, ins = index.tables
+    s = ids.get(source)
+    t = ids.get(target)
+    if s is None or t is None or not max_depth:
         return None
-    out_codes, in_codes, out_test, in_test = _step_codes(index, direction, wanted)
-    names, outs, ins = index.adjacency_lists()
-    # forward: out-arrays with out_codes, in-arrays with in_codes; backward: the other way round
-    forward_sides: _Sides = []
-    backward_sides: _Sides = []
-    if out_codes:
-        forward_sides.append((outs, out_test))
-        backward_sides.append((ins, out_test))
-    if in_codes:
-        forward_sides.append((ins, in_test))
-        backward_sides.append((outs, in_test))
-    forward: dict[int, int] = {s: -1}
-    backward: dict[int, int] = {t: -1}
-    f_front = [s]
+    # forward: out-arrays with the out codes, in-arrays with the in codes; backward: the other
+    # way round (a side with no code is left out)
+    out_test, in_test = codes.out_test, codes.in_test
+    if codes.out_codes and codes.in_codes:
+        forward_sides: _Sides = ((outs, out_test, True), (ins, in_test, False))
+        backward_sides: _Sides = ((ins, out_test, True), (outs, in_test, False))
+    elif codes.out_codes:
+        forward_sides, backward_sides = ((outs, out_test, True),), ((ins, out_test, True),)
+    else:
+        forward_sides, backward_sides = ((ins, in_test, False),), ((outs, in_test, False),)
+    # the first level, inlined: it expands the source, and meets the backward search only at
+    # the target itself
+    forward = {s: -1}
+    f_front: list[int] = []
+    append = f_front.append
+    for arrays, test, along_out in forward_sides:
+        entries = arrays[s]
+        if entries is None:
+            continue
+        for p in entries:
+            if test is None or p & 7 in test:
+                v = p >> 3
+                if v == t:
+                    return _one_step(outs, ins, s, t, source, target, codes, p & 7, along_out)
+                if v not in forward:
+                    forward[v] = s
+                    append(v)
+    if len(forward) > visit_limit - 1:
+        _over_limit(visit_limit, len(forward) + 1)
+    backward = {t: -1}
     b_front = [t]
-    meet = -1
-    for _ in range(max_depth):
+    for depth in range(2, max_depth + 1):
+        if not f_front:
+            return None
         if len(f_front) <= len(b_front):
-            meet, f_front = _expand(f_front, forward, backward, forward_sides, visit_limit)
+            if depth == max_depth:
+                meet = _meet(f_front, forward, backward, forward_sides, visit_limit)
+            else:
+                meet, f_front = _expand(f_front, forward, backward, forward_sides, visit_limit)
+        elif depth == max_depth:
+            meet = _meet(b_front, backward, forward, backward_sides, visit_limit)
         else:
             meet, b_front = _expand(b_front, backward, forward, backward_sides, visit_limit)
-        if meet >= 0 or not f_front or not b_front:
-            break
-    if meet < 0:
-        return None
-    return _path(names, outs, ins, forward, backward, meet, out_codes, in_codes)
+        if meet >= 0:
+            return _path(names, outs, ins, forward, backward, meet, codes)
+        if not b_front:
+            return None
+    return None
+
+
+def _over_limit(visit_limit: int, visited: int) -> NoReturn:
+    raise ResourceLimit(
+        f"find_path visited more than {visit_limit} entities; ask with a smaller max_depth or fewer types",
+        visited=visited,
+        limit=visit_limit,
+    )
 
 
 def _path(
@@ -209,12 +267,16 @@ def _path(
     forward: dict[int, int],
     backward: dict[int, int],
     meet: int,
-    out_codes: frozenset[int],
-    in_codes: frozenset[int],
+    codes: _Codes,
 ) -> Path:
-    """The path through `meet`, from the predecessor maps of both searches."""
-    nodes: list[int] = []
-    node = meet
+    """The path through `meet`, from the predecessor maps of both searches.
+
+    For each step a -> b, the canonical relationship: a -> b, stored in the out-array of a,
+    with the first code of `codes.out_order` it is stored with; else b -> a, in its in-array,
+    with the first of `codes.in_order`.
+    """
+    nodes = [meet]
+    node = forward[meet]
     while node >= 0:
         nodes.append(node)
         node = forward[node]
@@ -223,15 +285,75 @@ def _path(
     while node >= 0:
         nodes.append(node)
         node = backward[node]
-    entities = [_name(names, n) for n in nodes]
-    keys = [
-        _key_between(outs, ins, nodes[i], nodes[i + 1], (entities[i], entities[i + 1], out_codes, in_codes))
-        for i in range(len(nodes) - 1)
-    ]
-    return Path(entities, keys)
+    entities = cast("list[str]", list(map(names.__getitem__, nodes)))
+    keys: list[RelationshipKey] = []
+    out_order, in_order = codes.out_order, codes.in_order
+    a, name_a = nodes[0], entities[0]
+    for i in range(1, len(nodes)):
+        b, name_b = nodes[i], entities[i]
+        code = _first_stored(outs[a], ins[b], a, b, out_order)
+        if code >= 0:
+            keys.append(make_key(name_a, _TYPES[code], name_b))
+        else:
+            code = _first_stored(ins[a], outs[b], a, b, in_order)
+            assert code >= 0, f"no step from node {a} to node {b}"
+            keys.append(make_key(name_b, _TYPES[code], name_a))
+        a, name_a = b, name_b
+    return _new_path(entities, keys)
 
 
-_Sides: TypeAlias = "list[tuple[list[array[int] | None], frozenset[int] | None]]"
+def _one_step(
+    outs: _Arrays,
+    ins: _Arrays,
+    s: int,
+    t: int,
+    source: str,
+    target: str,
+    codes: _Codes,
+    found: int,
+    along_out: bool,
+) -> Path:
+    """`_path` for a path of one step, which the search took with the code `found`, along the
+    canonical direction or not: no code after it needs a test."""
+    if along_out:
+        code = _first_stored(outs[s], ins[t], s, t, codes.out_order, found)
+        return _new_path([source, target], [make_key(source, _TYPES[code], target)])
+    code = _first_stored(outs[s], ins[t], s, t, codes.out_order)
+    if code >= 0:
+        return _new_path([source, target], [make_key(source, _TYPES[code], target)])
+    code = _first_stored(ins[s], outs[t], s, t, codes.in_order, found)
+    return _new_path([source, target], [make_key(target, _TYPES[code], source)])
+
+
+def _first_stored(
+    entries: array[int] | None,
+    mirror: array[int] | None,
+    a: int,
+    b: int,
+    order: tuple[int, ...],
+    known: int = -1,
+) -> int:
+    """The first code c of `order` with `b * 8 + c` in `entries`, an array of node a; -1 if
+    none. `known`: a code known to be stored (it ends the tests), or -1.
+
+    `b * 8 + c in outs[a]` holds exactly when `a * 8 + c in ins[b]`, and the same for the
+    in-arrays: `mirror` is that array of node b, and each test scans the shorter of the two (a
+    hub's can hold thousands of entries).
+    """
+    if not order or order[0] == known or entries is None or mirror is None:
+        return known
+    at = b * 8
+    if len(mirror) < len(entries):
+        entries, at = mirror, a * 8
+    for code in order:
+        if code == known or at + code in entries:
+            return code
+    return -1
+
+
+#: (arrays, the codes to test or None for all, True: a step along the arrays reads the
+#: relationship along its canonical direction)
+_Sides: TypeAlias = "tuple[tuple[list[array[int] | None], frozenset[int] | None, bool], ...]"
 
 
 def _expand(  # noqa: C901 - one BFS level, inlined: it is the hot loop of find_path
@@ -246,7 +368,7 @@ def _expand(  # noqa: C901 - one BFS level, inlined: it is the hot loop of find_
     nxt: list[int] = []
     append = nxt.append
     for u in frontier:
-        for arrays, codes in sides:
+        for arrays, codes, _ in sides:
             entries = arrays[u]
             if entries is None:
                 continue
@@ -268,14 +390,45 @@ def _expand(  # noqa: C901 - one BFS level, inlined: it is the hot loop of find_
                                 return v, nxt
                             append(v)
         if len(seen) > budget:
-            visited = len(seen) + len(other)
-            raise ResourceLimit(
-                f"find_path visited more than {visit_limit} entities; "
-                "ask with a smaller max_depth or fewer types",
-                visited=visited,
-                limit=visit_limit,
-            )
+            _over_limit(visit_limit, len(seen) + len(other))
     return -1, nxt
+
+
+def _meet(
+    frontier: list[int],
+    seen: dict[int, int],
+    other: dict[int, int],
+    sides: _Sides,
+    visit_limit: int,
+) -> int:
+    """The last BFS level: the meeting node or -1, as `_expand` finds it, but without recording
+    the nodes reached (no level follows): `seen` gets the meeting node only.
+
+    The searches never share a node before they meet, so a node of `other` is always new here.
+    While the entries read could all be new nodes without passing the visit limit, the limit
+    cannot be reached; past that, the level is redone by `_expand`, which counts exactly.
+    """
+    room = visit_limit - len(other) - len(seen)
+    read = 0
+    for u in frontier:
+        for arrays, codes, _ in sides:
+            entries = arrays[u]
+            if entries is None:
+                continue
+            read += len(entries)
+            if codes is None:
+                for p in entries:
+                    if p >> 3 in other:
+                        seen[p >> 3] = u
+                        return p >> 3
+            else:
+                for p in entries:
+                    if p >> 3 in other and p & 7 in codes:
+                        seen[p >> 3] = u
+                        return p >> 3
+        if read > room:
+            return _expand(frontier, seen, other, sides, visit_limit)[0]
+    return -1
 
 
 # -------------------------------------------------------------------------------- traverse
@@ -300,7 +453,7 @@ def traverse(
     s = index.node_of(start)
     if s is None or max_depth == 0:
         return Traversal([], [])
-    out_codes, in_codes = _step_codes(index, direction, wanted)[:2]
+    out_codes, in_codes = _step_codes(direction, wanted)[:2]
     names, outs, ins = index.adjacency_lists()
     cap = limit + 1  # the start is in `via` too
     #: reached node -> predecessor * 16 + type code * 2 + (1: along the out-array of the predecessor)
@@ -400,7 +553,7 @@ def detect_cycles_from(
             cycles.append([_name(names, n) for n in path] + [_name(names, v)])
         return len(cycles) >= max_cycles
 
-    out_codes, in_codes = _step_codes(index, Direction.OUT, wanted)[:2]
+    out_codes, in_codes = _step_codes(Direction.OUT, wanted)[:2]
     _dfs(s, (outs, ins, out_codes, in_codes), close, "detect_cycles", entity, visit_limit)
     return cycles
 
@@ -433,7 +586,7 @@ def resolve_dependencies(
             cycle=cycle,
         )
 
-    out_codes, in_codes = _step_codes(index, Direction.OUT, wanted)[:2]
+    out_codes, in_codes = _step_codes(Direction.OUT, wanted)[:2]
     arrays = (outs, ins, out_codes, in_codes)
     order = _dfs(s, arrays, refuse, "resolve_dependencies", entity, visit_limit)
     return [_name(names, n) for n in order]

@@ -27,8 +27,8 @@ from nexus_streams.domain.errors import (
     ValidationFailed,
 )
 from nexus_streams.domain.index import Direction, GraphIndex
-from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key
-from tests.unit.test_index import ENTITIES, index_of, random_keys, steps
+from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key, make_key
+from tests.unit.test_index import ENTITIES, index_of, keys_in, random_keys, steps
 
 OWNER, MEMBER, LINKED, PARENT, CHILD = (
     RelationType.OWNER,
@@ -75,6 +75,25 @@ def assert_walk(
     for a, b, key in zip(entities, entities[1:], keys, strict=False):
         assert index.has(key)
         assert (a, b, key) in allowed
+
+
+#: the order find_path prefers the types in, when several relationships allow one step
+CODE_ORDER = [OWNER, MEMBER, LINKED, PARENT]
+
+
+def assert_preferred_keys(
+    keys: Iterable[RelationshipKey],
+    path: Path,
+    direction: Direction,
+    types: Iterable[RelationType] | None,
+) -> None:
+    """Each step a -> b uses, of the relationships that allow it, one stored as a -> b if any,
+    and of those the first type of CODE_ORDER."""
+    allowed = steps(set(keys), direction, types)
+    assert len(path.relationships) == len(path.entities) - 1
+    for a, b, key in zip(path.entities, path.entities[1:], path.relationships, strict=False):
+        candidates = [k for x, y, k in allowed if (x, y) == (a, b)]
+        assert key == min(candidates, key=lambda k: (k.source != a, CODE_ORDER.index(k.type)))
 
 
 # --------------------------------------------------------------------------- find_path
@@ -133,6 +152,7 @@ def test_find_path__table(
     assert path is not None
     assert path.entities == expected
     assert_walk(CHAIN, path.entities, path.relationships, direction, types)
+    assert_preferred_keys(keys_in(CHAIN), path, direction, types)
 
 
 def test_find_path__relationships__are_canonical_keys_in_path_order() -> None:
@@ -167,6 +187,83 @@ def test_find_path__visit_limit__not_reached_when_the_path_is_found_first() -> N
     index = star("hub", 50)
     path = find_path(index, "leaf:0", "leaf:1", max_depth=2, visit_limit=3)
     assert path is not None and path.entities == ["leaf:0", "hub", "leaf:1"]
+
+
+@pytest.mark.parametrize(
+    ("max_depth", "limit", "visited"),
+    [(2, 20, 52), (2, 51, 52), (2, 52, None), (3, 51, 52), (3, 52, 53), (3, 53, None), (10, 52, 53)],
+)
+def test_find_path__visit_limit__counts_the_last_level_too(
+    max_depth: int, limit: int, visited: int | None
+) -> None:
+    # leaf:0 - hub - 50 leaves: for max_depth 2, the level that reads the hub's entries is the
+    # last one, which looks for the target without recording what it reaches
+    index = star("hub", 50)
+    index.add(K("far:1", OWNER, "far:2"))
+    if visited is None:
+        assert find_path(index, "leaf:0", "far:1", max_depth=max_depth, visit_limit=limit) is None
+        return
+    with pytest.raises(ResourceLimit) as caught:
+        find_path(index, "leaf:0", "far:1", max_depth=max_depth, visit_limit=limit)
+    assert caught.value.details == {"visited": visited, "limit": limit}
+
+
+PARALLEL = graph(
+    ("a", LINKED, "b"),  # stored as a linked b
+    ("a", MEMBER, "b"),
+    ("b", OWNER, "a"),
+    ("b", PARENT, "c"),
+    ("c", OWNER, "b"),
+    ("d", MEMBER, "c"),
+    ("d", OWNER, "c"),
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "direction", "types", "expected"),
+    [
+        # one step, then the same step last in a longer path
+        ("a", "b", BOTH, None, [K("a", MEMBER, "b")]),
+        ("b", "a", BOTH, None, [K("b", OWNER, "a")]),
+        ("b", "a", IN, None, [K("a", MEMBER, "b")]),
+        ("b", "a", BOTH, [LINKED, PARENT], [K("a", LINKED, "b")]),
+        ("c", "d", BOTH, None, [K("d", OWNER, "c")]),
+        ("c", "d", IN, None, [K("d", OWNER, "c")]),
+        ("c", "b", BOTH, None, [K("c", OWNER, "b")]),
+        ("c", "b", BOTH, [PARENT, MEMBER], [K("b", PARENT, "c")]),
+        ("d", "a", BOTH, None, [K("d", OWNER, "c"), K("c", OWNER, "b"), K("b", OWNER, "a")]),
+        ("a", "d", BOTH, None, [K("a", MEMBER, "b"), K("b", PARENT, "c"), K("d", OWNER, "c")]),
+        ("a", "d", BOTH, [MEMBER, OWNER], [K("a", MEMBER, "b"), K("c", OWNER, "b"), K("d", OWNER, "c")]),
+    ],
+    ids=repr,
+)
+def test_find_path__parallel_relationships__out_array_first_then_lowest_type(
+    source: str,
+    target: str,
+    direction: Direction,
+    types: list[RelationType] | None,
+    expected: list[RelationshipKey],
+) -> None:
+    path = find_path(PARALLEL, source, target, max_depth=3, direction=direction, types=types)
+    assert path is not None
+    assert path.relationships == expected
+    assert_preferred_keys(keys_in(PARALLEL), path, direction, types)
+
+
+def test_find_path__answer__plain_path_and_keys() -> None:
+    path = find_path(CHAIN, "user:1", "wallet:1", max_depth=1)
+    assert type(path) is Path and type(path.relationships[0]) is RelationshipKey
+    assert path == Path(["user:1", "wallet:1"], [RelationshipKey("user:1", OWNER, "wallet:1")])
+    assert hash(path.relationships[0]) == hash(RelationshipKey("user:1", OWNER, "wallet:1"))
+
+
+def test_make_key__same_as_the_constructor() -> None:
+    key = make_key("user:1", OWNER, "wallet:1")
+    assert key == RelationshipKey("user:1", OWNER, "wallet:1")
+    assert hash(key) == hash(RelationshipKey("user:1", OWNER, "wallet:1"))
+    assert repr(key) == repr(RelationshipKey("user:1", OWNER, "wallet:1"))
+    with pytest.raises(AttributeError):
+        key.source = "user:2"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -412,6 +509,7 @@ def test_find_path__shortest_within_max_depth__like_networkx(
             assert len(path.relationships) == distance
             assert path.entities[0] == source and path.entities[-1] == target
             assert_walk(index, path.entities, path.relationships, direction, types)
+            assert_preferred_keys(keys, path, direction, types)
             return
     assert path is None
 

@@ -200,6 +200,20 @@ def test_index__released_node_numbers__are_reused() -> None:
     assert index.out_array(b) is None and index.in_array(a) is None
 
 
+def test_index__tables__are_the_live_structures() -> None:
+    index = GraphIndex()
+    ids, names, outs, ins = index.tables
+    key = canonical_key("user:1", OWNER, "wallet:1")
+    index.add(key)
+    u, w = ids["user:1"], ids["wallet:1"]
+    assert (names[u], names[w]) == ("user:1", "wallet:1")
+    assert list(outs[u] or ()) == [w * 8 + TYPE_CODES[OWNER]]
+    assert list(ins[w] or ()) == [u * 8 + TYPE_CODES[OWNER]]
+    index.remove(key)
+    assert ids == {} and names == [None, None] and outs == ins == [None, None]
+    assert index.tables == (ids, names, outs, ins)
+
+
 def test_index__counts_and_histogram__sample() -> None:
     index = index_of(SAMPLE)
     assert len(index) == 4
