@@ -198,31 +198,54 @@ def time_ours(index: GraphIndex, pairs: list[tuple[str, str]]) -> tuple[list[int
 
 
 def time_nx(g: nx.Graph, pairs: list[tuple[str, str]], method: str) -> tuple[list[int], list[int]]:
+    """Sorted ns per networkx query, and the path lengths (-1: none within 3 hops).
+
+    Each query answers what find_path answers: a shortest path of at most 3 relationships, with
+    its relationships. bidirectional: `bidirectional_shortest_path`, which has no depth bound (a
+    longer path counts as none). cutoff: `single_source_shortest_path_length` with cutoff=3 (a
+    bounded search, but from the source only), then, when the target is within 3 hops, the
+    path from `bidirectional_shortest_path`. Then the relationship of each hop, read from the
+    edge (see to_networkx).
+    """
     samples, lengths = [], []
     clock = time.perf_counter_ns
+    adj = g._adj  # noqa: SLF001 - plain dicts: the cheapest way to read an edge's data
+    path: list[str] | None
     for s, t in pairs:
         start = clock()
         if method == "bidirectional":
             try:
-                length = len(nx.bidirectional_shortest_path(g, s, t)) - 1
+                path = nx.bidirectional_shortest_path(g, s, t)
             except nx.NetworkXNoPath:
-                length = -1
-            if length > 3:
-                length = -1
+                path = None
+            if path is not None and len(path) > 4:
+                path = None
+        elif t in nx.single_source_shortest_path_length(g, s, cutoff=3):
+            path = nx.bidirectional_shortest_path(g, s, t)
         else:
-            length = nx.single_source_shortest_path_length(g, s, cutoff=3).get(t, -1)
+            path = None
+        if path is not None:
+            relationships = [adj[a][b]["key"] for a, b in zip(path, path[1:], strict=False)]
         samples.append(clock() - start)
-        lengths.append(length)
+        lengths.append(-1 if path is None else len(relationships))
     return sorted(samples), lengths
 
 
 def to_networkx(snapshot: analysis.EdgeSnapshot) -> nx.Graph:
-    """The same graph for Direction.BOTH over every type: undirected, one node per entity."""
+    """The same graph for Direction.BOTH over every type: undirected, one node per entity, each
+    edge with its relationship as a (source, type, target) tuple under "key". The generated
+    graph has at most one relationship between two entities (each pair of kinds has one type,
+    linked is stored once, parent only from a lower group number), so none is lost."""
     names = snapshot.names
     g = nx.Graph()
-    g.add_nodes_from(n for n in names if n is not None)
-    pairs = zip(snapshot.sources, snapshot.targets, strict=True)
-    g.add_edges_from((names[s], names[t]) for s, t in pairs)
+    g.add_nodes_from(n for n in names if n)
+    sources = snapshot.sources
+    edges = zip(sources, snapshot.type_codes, snapshot.targets, strict=True)
+    g.add_edges_from(
+        (names[s], names[t], {"key": (names[s], TYPES_BY_CODE[c], names[t])}) for s, c, t in edges
+    )
+    if g.number_of_edges() != len(sources):
+        raise SystemExit("two relationships between the same entities: networkx would lose one")
     return g
 
 
@@ -289,8 +312,13 @@ def bench_networkx(
             )
         best = min(results, key=lambda k: percentile(results[k][0], 0.5))
         ratio = percentile(results[best][0], 0.5) / percentile(ours[label][0], 0.5)
-        report.add(f"  p50 speed-up against networkx {best} (the faster), {label} only", f"{ratio:.1f}x")
-    # the goal is judged on the whole workload: every method runs every pair, as a service would
+        report.add(
+            f"  p50 speed-up against networkx {best} (the faster), {label} only",
+            f"{ratio:.1f}x",
+            ">= 5x",
+            ratio >= 5,
+        )
+    # and on the whole workload: each method runs every pair, as a service would
     for method in combined:
         combined[method].sort()
     best = min(combined, key=lambda k: percentile(combined[k], 0.5))
