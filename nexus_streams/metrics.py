@@ -252,6 +252,13 @@ class Metrics:
         self.send_errors = Counter(
             "nexus_kafka_send_errors", "Messages the producer failed to publish", registry=r
         )
+        self.reseeks = Counter(
+            "nexus_kafka_reseeks",
+            "Input partitions read again from the next expected offset after they stalled with "
+            "unread messages (see nexus_streams/stalls.py)",
+            ["topic"],
+            registry=r,
+        )
         self.buffer_full = Counter(
             "nexus_kafka_topic_buffer_full",
             "Times a partition's buffer was full and the consumer had to wait for the agent",

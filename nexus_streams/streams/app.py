@@ -22,6 +22,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import EventT
 
+from nexus_streams.diagnostics import install_task_dump
 from nexus_streams.domain.access import AccessPolicy
 from nexus_streams.domain.errors import NexusError, NotFound
 from nexus_streams.domain.execution import ExecutionLimits
@@ -36,6 +37,7 @@ from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
 from nexus_streams.service import Limits, NamespaceService, Remembered, Reply
 from nexus_streams.settings import Settings
+from nexus_streams.stalls import PartitionView, StallDetector
 from nexus_streams.store.base import PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
@@ -141,6 +143,52 @@ class Tables:
         self.pattern_requests = table("pattern_requests", "results of pattern commands by request_id")
 
 
+class InputWatch:
+    """Notes where each agent is in its input partitions, and reads a partition again when it
+    stalls with unread messages (the why and the rule: nexus_streams/stalls.py)."""
+
+    def __init__(self, app: faust.App, metrics: Metrics, patience: int = 3) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.detector = StallDetector(patience)
+        #: next offset to process per partition, with the consumer generation it was seen in
+        self._next: dict[Any, tuple[int, int]] = {}
+        self.busy = 0
+
+    def received(self, message: Any) -> None:
+        self._next[message.tp] = (getattr(message, "generation_id", 0), message.offset + 1)
+
+    def expected(self, tp: Any, committed: int | None) -> int:
+        generation, offset = self._next.get(tp, (None, -1))
+        if generation != self.app.consumer_generation_id:
+            offset = -1  # seen before a rebalance: another worker may have gone on since
+        return max(offset, committed if committed is not None else 0)
+
+    async def check(self, topics: set[str]) -> None:
+        app, consumer = self.app, cast(Any, self.app.consumer)
+        if app.rebalancing or app.in_recovery or not consumer.flow_active:
+            return
+        queued = sum(cast(Any, agent.channel).queue.qsize() for agent in app.agents.values())
+        views = {}
+        for tp in consumer.assignment():
+            if tp.topic in topics:
+                committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - no public accessor
+                highwater = consumer.highwater(tp)
+                known = highwater if highwater is not None and highwater >= 0 else None
+                views[tp] = PartitionView(self.expected(tp, committed), known)
+        for reseek in self.detector.check(views, idle=self.busy == 0 and queued == 0):
+            tp = reseek.partition
+            log.warning(
+                "%s[%s] stalled at offset %d below its high watermark %d: reading it again from there",
+                tp.topic,  # type: ignore[attr-defined]
+                tp.partition,  # type: ignore[attr-defined]
+                reseek.offset,
+                reseek.highwater,
+            )
+            self.metrics.reseeks.labels(tp.topic).inc()  # type: ignore[attr-defined]
+            await consumer.seek(tp, reseek.offset)
+
+
 class NamespaceActor:
     """Glue between Faust and `NamespaceService`: feed it messages, make its replies durable."""
 
@@ -196,6 +244,11 @@ class NamespaceActor:
             ),
         )
         self._pending: set[asyncio.Task[None]] = set()
+        self.watch = InputWatch(app, metrics)
+        #: the input topics whose partitions `watch` looks after (the pattern agent's too)
+        self.input_topics = {
+            settings.topic(spec.name) for spec in (RELATIONSHIPS, QUERIES, EXECUTIONS, PATTERNS)
+        }
 
     def in_analysis_process(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run igraph work in a separate process: in a thread it would hold the GIL (and stall the
@@ -235,10 +288,47 @@ class NamespaceActor:
         elif kind == Kind.EXECUTION:
             service.executions.load(key, value)
 
-    async def publish(self, out: Outbound) -> None:
-        await self.topics[out.spec].send(
-            key=out.key, value=out.value, headers=out.headers, partition=out.partition
+    async def publish(self, out: Outbound) -> asyncio.Future[Any]:
+        """Hand a message to the producer; returns its delivery (resolved once the broker has it)."""
+        return cast(
+            "asyncio.Future[Any]",
+            await self.topics[out.spec].send(
+                key=out.key, value=out.value, headers=out.headers, partition=out.partition
+            ),
         )
+
+    async def publish_all(self, outbound: list[Outbound], event: Any) -> None:
+        """Publish a reply's messages; acknowledge `event` once the broker has every one of them
+        (without waiting here): Faust commits acknowledged offsets without waiting for the
+        producer, so an earlier acknowledgement could let a crash lose a committed request's
+        result. A message that cannot be delivered leaves the event unacknowledged: it is
+        processed again after a restart (its result is remembered, so the same one)."""
+        deliveries = [await self.publish(out) for out in outbound]
+        if event is None:
+            return
+        if not deliveries:
+            event.ack()
+            return
+        waiting = len(deliveries)
+
+        def delivered(delivery: asyncio.Future[Any]) -> None:
+            nonlocal waiting
+            if delivery.cancelled() or delivery.exception() is not None:
+                if waiting > 0:
+                    waiting = 0
+                    reason = "cancelled" if delivery.cancelled() else delivery.exception()
+                    log.error(
+                        "a message of offset %s not delivered (%s); left unacknowledged",
+                        event.message.offset,
+                        reason,
+                    )
+                return
+            waiting -= 1
+            if waiting == 0:
+                event.ack()
+
+        for delivery in deliveries:
+            delivery.add_done_callback(delivered)
 
     def _write_tables(self, reply: Reply, request_log: TableRequestLog) -> None:
         """The remembered reply first (see Kind), then the state it changed."""
@@ -268,8 +358,7 @@ class NamespaceActor:
         self._write_tables(reply, self.request_log)
         if reply.remembered is not None or reply.changes:
             await self.app.producer.flush()
-        for out in reply.outbound:
-            await self.publish(out)
+        await self.publish_all(reply.outbound, reply.message.token if reply.message is not None else None)
         if reply.wake_at is not None:
             self.schedule_resume(*reply.wake_at)
         if reply.execution_stats is not None:
@@ -277,9 +366,6 @@ class NamespaceActor:
         if reply.message is not None:
             self.metrics.observe(reply.message.spec, reply, time.perf_counter() - started)
             log_reply(reply.message.spec, reply.result, reply.outbound)  # observability: failure lines
-            event = reply.message.token
-            if event is not None:
-                event.ack()  # type: ignore[attr-defined]
 
     async def run_deferred(self, reply: Reply, started: float) -> None:
         assert reply.deferred is not None
@@ -296,23 +382,31 @@ class NamespaceActor:
         event: EventT[bytes]
         async for event in manual_acks.events():
             msg = event.message
-            started = time.perf_counter()
-            received = Received(
-                spec=self.by_name[msg.topic],
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-                key=msg.key,
-                value=msg.value,
-                token=event,
-            )
-            patterns = await self.prefetch(received) if received.spec is EXECUTIONS else None
-            replies = self.service.handle(received, patterns)
-            for reply in replies:
+            self.watch.received(msg)
+            self.watch.busy += 1
+            try:
+                await self.handle_event(event, msg)
+            finally:
+                self.watch.busy -= 1
+
+    async def handle_event(self, event: EventT[bytes], msg: Any) -> None:
+        started = time.perf_counter()
+        received = Received(
+            spec=self.by_name[msg.topic],
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            value=msg.value,
+            token=event,
+        )
+        patterns = await self.prefetch(received) if received.spec is EXECUTIONS else None
+        replies = self.service.handle(received, patterns)
+        for reply in replies:
+            await self.dispatch(reply, started)
+        if received.spec is RELATIONSHIPS:
+            for reply in self.service.release_parked(received.partition):
                 await self.dispatch(reply, started)
-            if received.spec is RELATIONSHIPS:
-                for reply in self.service.release_parked(received.partition):
-                    await self.dispatch(reply, started)
 
     async def dispatch(self, reply: Reply, started: float) -> None:
         if reply.deferred is None:
@@ -412,6 +506,7 @@ class NamespaceActor:
         # observability: graph size gauges (throttled inside) and consumer lag
         self.metrics.observe_graphs(self.service.graphs)
         await self.metrics.observe_consumer(self.app.consumer, self.app.monitor, self.by_name)
+        await self.watch.check(self.input_topics)
         for namespace, request_id in self.service.waiting_due(now):
             sent = self._resume_sent.get((namespace, request_id))
             if sent is None or time.monotonic() - sent > 5.0:
@@ -451,18 +546,25 @@ class PatternActor:
     async def process(self, stream: faust.StreamT[bytes]) -> None:
         manual_acks = cast(Any, stream).noack()
         event: EventT[bytes]
+        watch = self.namespaces.watch
         async for event in manual_acks.events():
             msg = event.message
-            started = time.perf_counter()
-            reply = await self.registry.handle(
-                Received(PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event)
-            )
-            self.namespaces._write_tables(reply, self.request_log)
-            for out in reply.outbound:
-                await self.namespaces.publish(out)
-            self.namespaces.metrics.observe(PATTERNS, reply, time.perf_counter() - started)
-            log_reply(PATTERNS, reply.result, reply.outbound)  # observability: failure lines
-            event.ack()
+            watch.received(msg)
+            watch.busy += 1
+            try:
+                await self.handle_event(event, msg)
+            finally:
+                watch.busy -= 1
+
+    async def handle_event(self, event: EventT[bytes], msg: Any) -> None:
+        started = time.perf_counter()
+        reply = await self.registry.handle(
+            Received(PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event)
+        )
+        self.namespaces._write_tables(reply, self.request_log)
+        await self.namespaces.publish_all(reply.outbound, event)
+        self.namespaces.metrics.observe(PATTERNS, reply, time.perf_counter() - started)
+        log_reply(PATTERNS, reply.result, reply.outbound)  # observability: failure lines
 
     async def register_system_patterns(self) -> None:
         """At start, idempotently; Redis may come later than the worker: retry until it answers."""
@@ -512,6 +614,44 @@ async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None
         await consumer.stop()
 
 
+async def _install_task_dump(app: faust.App) -> None:
+    # `kill -USR1`: where every task waits, and the consumer's partitions (docs/observability.md)
+    install_task_dump(partial(consumer_state, app))
+
+
+def consumer_state(app: faust.App) -> str:
+    """Which partitions the worker reads, and where: Faust's view and its Kafka consumer's."""
+    consumer: Any = app.consumer
+    lines = [
+        f"consumer: flow_active={consumer.flow_active} in_recovery={app.in_recovery} "
+        f"active={sorted(map(tuple, consumer._active_partitions or ()))} "  # noqa: SLF001
+        f"paused={sorted(map(tuple, consumer._paused_partitions))} "  # noqa: SLF001
+        f"buffered={sorted(map(tuple, consumer._buffered_partitions))}",  # noqa: SLF001
+    ]
+    for name, agent in app.agents.items():
+        channel: Any = agent.channel
+        lines.append(f"agent {name}: queued={channel.queue.qsize()} unacked={len(consumer.unacked)}")
+    producer: Any = cast(Any, app.producer)._producer  # noqa: SLF001
+    if producer is not None:
+        sender, accumulator = producer._sender, producer._message_accumulator  # noqa: SLF001
+        waiting = {f"{tp.topic}[{tp.partition}]": len(b) for tp, b in accumulator._batches.items()}  # noqa: SLF001
+        lines.append(
+            f"producer: in_flight={sorted(sender._in_flight)} muted={len(sender._muted_partitions)} "  # noqa: SLF001
+            f"pending={len(accumulator._pending_batches)} waiting={waiting}"  # noqa: SLF001
+        )
+    kafka = consumer._thread._consumer  # noqa: SLF001
+    assignment = kafka._subscription.subscription.assignment if kafka is not None else None  # noqa: SLF001
+    if assignment is not None:
+        for tp in sorted(assignment.tps):
+            state = assignment.state_value(tp)
+            lines.append(
+                f"  {tp.topic}[{tp.partition}] position={state._position} paused={state.paused} "  # noqa: SLF001
+                f"read={consumer._read_offset.get(tp)} committed={consumer._committed_offset.get(tp)} "  # noqa: SLF001
+                f"acked={len(consumer._acked.get(tp) or ())}"  # noqa: SLF001
+            )
+    return "\n".join(lines)
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -542,6 +682,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app.agent(actor.topics[PATTERNS], name="apply_pattern_commands")(patterns.process)
     app.task(patterns.register_system_patterns)
     app.task(partial(follow_pattern_events, settings, cache))
+    app.task(partial(_install_task_dump, app))
     app.nexus_actor = actor  # type: ignore[attr-defined]
     app.nexus_patterns = patterns  # type: ignore[attr-defined]
     return app

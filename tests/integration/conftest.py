@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -95,6 +97,12 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+
+    def dump_tasks(self) -> None:
+        """SIGUSR1: the worker writes every asyncio task's stack to its log (a test failed waiting)."""
+        if self.proc is not None and self.alive():
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

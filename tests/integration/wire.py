@@ -94,6 +94,8 @@ class Wire:
                     return found
         except TimeoutError:
             found = await matched()
+            if self._task is not None and self._task.done():
+                raise AssertionError(f"the test's consumer stopped: {self._task!r}") from None
             raise AssertionError(
                 f"{len(found)} of {count} matching records on {topic} within {timeout_s}s"
             ) from None
@@ -121,6 +123,18 @@ class Wire:
             "events", lambda r: r.json().get("request_id") == request_id, count, timeout_s
         )
         return [r.json() for r in found]
+
+    async def positions(self) -> str:
+        """Where the test's consumer is in each outbound partition, against what it recorded."""
+        lines = []
+        for tp in sorted(self.consumer.assignment()):
+            name = tp.topic[len(self.prefix) :]
+            seen = [r.offset for r in self.records[name] if r.partition == tp.partition]
+            lines.append(
+                f"read {tp.topic}[{tp.partition}] position={await self.consumer.position(tp)} "
+                f"recorded={len(seen)} last={max(seen, default=None)}"
+            )
+        return "\n".join(lines)
 
     def matching(self, topic: str, predicate) -> list[Record]:
         return [r for r in self.records[topic] if predicate(r)]
