@@ -256,7 +256,6 @@ class Metrics:
             "nexus_kafka_reseeks",
             "Input partitions read again from the next expected offset after they stalled with "
             "unread messages (see nexus_streams/stalls.py)",
-            ["topic"],
             registry=r,
         )
         self.buffer_full = Counter(

@@ -7,15 +7,50 @@ has moved past it, so it is never fetched again (seen after a SIGKILL and restar
 redelivered batch vanished; tests/integration/test_crash.py). Processing is idempotent (requests
 are remembered by request_id), so reading a stretch again is always safe; missing it is not.
 
+A second trace of the same drop: when the next record Faust delivers is past the dropped ones,
+Faust takes the stretch between for a gap (as transaction markers or compaction leave) and commits
+past it. `Progress` therefore does not move over a hole: it stays at the first missing offset
+until the partition has been read again from there; if the first record then is still past it, the
+hole is real and accepted.
+
 The rule: a partition whose next expected offset is below its high watermark, while its agent is
-idle with nothing queued, and that has not moved for `patience` consecutive checks, is sought back
-to that offset. Pure: the caller observes Faust and Kafka, and seeks.
+idle with nothing queued, is sought back to that offset: at once when a hole was seen, else when it
+has not moved for `patience` consecutive checks. Pure: the caller observes Faust and Kafka, and
+seeks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+
+
+class Progress:
+    """The next offset the agent expects in one input partition, not moving over holes."""
+
+    __slots__ = ("expected", "hole", "_sought")
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        #: a record past `expected` arrived: records were skipped (or the stretch is a real gap)
+        self.hole = False
+        self._sought = False
+
+    def received(self, offset: int) -> None:
+        if offset < self.expected:
+            return  # read again
+        if offset > self.expected and not self._sought:
+            self.hole = True  # stays at the first missing offset until it is read again
+            return
+        # the next one, or the first record after reading again from `expected`: whatever lies
+        # between is a real gap
+        self.expected = offset + 1
+        self.hole = False
+        self._sought = False
+
+    def sought(self) -> None:
+        """The partition is being read again from `expected`."""
+        self._sought = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +62,8 @@ class PartitionView:
     expected: int | None
     #: the partition's high watermark (offset of the next message to be written), None if unknown
     highwater: int | None
+    #: records past `expected` arrived (see `Progress`): no need to wait `patience` checks
+    hole: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +74,16 @@ class Reseek:
 
 
 class StallDetector:
+    #: at most this many checks between two attempts on a partition that does not move
+    MAX_WAIT = 64
+
     def __init__(self, patience: int = 3) -> None:
         if patience < 1:
             raise ValueError("patience must be at least 1")
         self.patience = patience
-        self._still: dict[Hashable, tuple[PartitionView, int]] = {}
+        #: per partition: the view last seen, checks since it was first seen or last sought, and
+        #: how many times it was sought without moving (each doubles the wait)
+        self._still: dict[Hashable, tuple[PartitionView, int, int]] = {}
 
     def check(self, partitions: Mapping[Hashable, PartitionView], idle: bool) -> list[Reseek]:
         """Call once per interval with every assigned input partition; `idle`: the agents are
@@ -56,11 +98,14 @@ class StallDetector:
             if not (idle and behind):
                 self._still.pop(tp, None)
                 continue
-            previous, count = self._still.get(tp, (None, 0))
-            count = count + 1 if previous == view else 1
-            if count >= self.patience:
+            previous, count, attempts = self._still.get(tp, (None, 0, 0))
+            if previous != view:
+                count, attempts = 0, 0
+            count += 1
+            wait = 1 if view.hole and attempts == 0 else min(self.patience << attempts, self.MAX_WAIT)
+            if count >= wait:
                 assert view.expected is not None and view.highwater is not None
                 reseeks.append(Reseek(tp, view.expected, view.highwater))
-                count = 0  # and wait as long again before the next attempt
-            self._still[tp] = (view, count)
+                count, attempts = 0, attempts + 1
+            self._still[tp] = (view, count, attempts)
         return reseeks

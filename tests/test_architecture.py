@@ -33,11 +33,5 @@ def test_architecture__pure_module_imports_no_io_library(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(PACKAGE.glob("domain/**/*.py")), ids=lambda p: p.name)
 def test_architecture__domain_imports_only_domain(path: Path) -> None:
     for node in ast.walk(ast.parse(path.read_text())):
-        if (
-            isinstance(node, ast.ImportFrom)
-            and node.module
-            and node.module.startswith("nexus_streams")
-        ):
-            assert node.module.startswith("nexus_streams.domain"), (
-                f"{path.name} imports {node.module}"
-            )
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nexus_streams"):
+            assert node.module.startswith("nexus_streams.domain"), f"{path.name} imports {node.module}"

@@ -44,10 +44,7 @@ def test_compose__worker_reaches_kafka_and_redis_by_service_name() -> None:
 def test_compose__prometheus_scrapes_the_worker_metrics_port() -> None:
     prometheus = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
     targets = [
-        t
-        for job in prometheus["scrape_configs"]
-        for sc in job["static_configs"]
-        for t in sc["targets"]
+        t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
     ]
     port = COMPOSE["services"]["worker"]["environment"]["NEXUS_METRICS_PORT"]
     assert f"worker:{port}" in targets

@@ -37,7 +37,7 @@ from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
 from nexus_streams.service import Limits, NamespaceService, Remembered, Reply
 from nexus_streams.settings import Settings
-from nexus_streams.stalls import PartitionView, StallDetector
+from nexus_streams.stalls import PartitionView, Progress, StallDetector
 from nexus_streams.store.base import PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
@@ -145,26 +145,50 @@ class Tables:
 
 class InputWatch:
     """Notes where each agent is in its input partitions, and reads a partition again when it
-    stalls with unread messages (the why and the rule: nexus_streams/stalls.py)."""
+    stalls with unread messages or skipped some (the why and the rule: nexus_streams/stalls.py)."""
 
     def __init__(self, app: faust.App, metrics: Metrics, patience: int = 3) -> None:
         self.app = app
         self.metrics = metrics
         self.detector = StallDetector(patience)
-        #: next offset to process per partition, with the consumer generation it was seen in
-        self._next: dict[Any, tuple[int, int]] = {}
+        #: per partition: the consumer generation it was assigned in, and the agent's progress
+        self._progress: dict[Any, tuple[int, Progress]] = {}
         self.busy = 0
 
+    def _current(self, tp: Any) -> Progress | None:
+        generation, progress = self._progress.get(tp, (None, None))
+        # seen before a rebalance: another worker may have gone on since
+        return progress if generation == self.app.consumer_generation_id else None
+
+    def _committed(self, tp: Any) -> int | None:
+        committed: int | None = cast(Any, self.app.consumer)._committed_offset.get(tp)  # noqa: SLF001
+        return committed  # (no public accessor)
+
     def received(self, message: Any) -> None:
-        self._next[message.tp] = (getattr(message, "generation_id", 0), message.offset + 1)
+        progress = self._current(message.tp)
+        if progress is None:
+            # the first since the assignment: from the committed offset (records before this one
+            # and after it were skipped), or from this one when the group never committed
+            committed = self._committed(message.tp)
+            progress = Progress(committed if committed is not None else message.offset)
+            self._progress[message.tp] = (self.app.consumer_generation_id, progress)
+        progress.received(message.offset)
 
-    def expected(self, tp: Any, committed: int | None) -> int:
-        generation, offset = self._next.get(tp, (None, -1))
-        if generation != self.app.consumer_generation_id:
-            offset = -1  # seen before a rebalance: another worker may have gone on since
-        return max(offset, committed if committed is not None else 0)
+    def describe(self) -> str:
+        app = self.app
+        lines = [
+            f"input watch: rebalancing={app.rebalancing} in_recovery={app.in_recovery} busy={self.busy} "
+            f"generation={app.consumer_generation_id}"
+        ]
+        for tp, (generation, progress) in sorted(self._progress.items()):
+            lines.append(
+                f"  {tp.topic}[{tp.partition}] generation={generation} expected={progress.expected} "
+                f"hole={progress.hole} highwater={cast(Any, app.consumer).highwater(tp)}"
+            )
+        return "\n".join(lines)
 
-    async def check(self, topics: set[str]) -> None:
+    async def check(self, topics: set[str], publishing: int = 0) -> None:
+        """`publishing`: replies processed but not yet published (the agents are not idle)."""
         app, consumer = self.app, cast(Any, self.app.consumer)
         if app.rebalancing or app.in_recovery or not consumer.flow_active:
             return
@@ -172,11 +196,12 @@ class InputWatch:
         views = {}
         for tp in consumer.assignment():
             if tp.topic in topics:
-                committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - no public accessor
+                progress = self._current(tp)
+                expected = progress.expected if progress is not None else self._committed(tp)
                 highwater = consumer.highwater(tp)
                 known = highwater if highwater is not None and highwater >= 0 else None
-                views[tp] = PartitionView(self.expected(tp, committed), known)
-        for reseek in self.detector.check(views, idle=self.busy == 0 and queued == 0):
+                views[tp] = PartitionView(expected, known, hole=progress is not None and progress.hole)
+        for reseek in self.detector.check(views, idle=self.busy == 0 and queued == 0 and publishing == 0):
             tp = reseek.partition
             log.warning(
                 "%s[%s] stalled at offset %d below its high watermark %d: reading it again from there",
@@ -185,7 +210,10 @@ class InputWatch:
                 reseek.offset,
                 reseek.highwater,
             )
-            self.metrics.reseeks.labels(tp.topic).inc()  # type: ignore[attr-defined]
+            self.metrics.reseeks.inc()
+            progress = self._current(tp)
+            if progress is not None:
+                progress.sought()
             await consumer.seek(tp, reseek.offset)
 
 
@@ -244,6 +272,9 @@ class NamespaceActor:
             ),
         )
         self._pending: set[asyncio.Task[None]] = set()
+        self._outbox: list[tuple[Reply, float]] = []
+        self._outbox_ready = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
         self.watch = InputWatch(app, metrics)
         #: the input topics whose partitions `watch` looks after (the pattern agent's too)
         self.input_topics = {
@@ -352,20 +383,44 @@ class NamespaceActor:
             request_log.forget(namespace, request_id)
 
     async def complete(self, reply: Reply, started: float) -> None:
-        """Make a reply durable, then visible, then acknowledge its message. Its state is flushed to
-        the changelog before its result is published: a client never sees a result whose effects
-        a crash could still lose (the redelivered request then runs again)."""
+        """Write a reply's state into the tables now; its messages go out from `_publish_loop`,
+        once that state is on the changelog: a client never sees a result whose effects a crash
+        could still lose (the redelivered request then runs again). The agent goes on with the
+        next message meanwhile, so one flush covers every reply written while the previous one
+        was in flight."""
         self._write_tables(reply, self.request_log)
-        if reply.remembered is not None or reply.changes:
-            await self.app.producer.flush()
+        self._outbox.append((reply, started))
+        self._outbox_ready.set()
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_loop(), name="nexus-publisher")
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, []
+            try:
+                if any(reply.remembered is not None or reply.changes for reply, _ in batch):
+                    await self.app.producer.flush()
+                for reply, started in batch:
+                    await self._finish(reply, started)
+            except Exception:  # the batch's messages stay unacknowledged: redelivered after a restart
+                log.exception("publishing %d replies failed", len(batch))
+
+    async def _finish(self, reply: Reply, started: float) -> None:
         await self.publish_all(reply.outbound, reply.message.token if reply.message is not None else None)
         if reply.wake_at is not None:
             self.schedule_resume(*reply.wake_at)
         if reply.execution_stats is not None:
-            await self.count_execution(reply.execution_stats)
+            self._spawn(self.count_execution(reply.execution_stats))
         if reply.message is not None:
             self.metrics.observe(reply.message.spec, reply, time.perf_counter() - started)
             log_reply(reply.message.spec, reply.result, reply.outbound)  # observability: failure lines
+
+    @property
+    def publishing(self) -> int:
+        """Replies written but not yet published."""
+        return len(self._outbox) + (1 if self._outbox_ready.is_set() else 0)
 
     async def run_deferred(self, reply: Reply, started: float) -> None:
         assert reply.deferred is not None
@@ -506,7 +561,7 @@ class NamespaceActor:
         # observability: graph size gauges (throttled inside) and consumer lag
         self.metrics.observe_graphs(self.service.graphs)
         await self.metrics.observe_consumer(self.app.consumer, self.app.monitor, self.by_name)
-        await self.watch.check(self.input_topics)
+        await self.watch.check(self.input_topics, self.publishing)
         for namespace, request_id in self.service.waiting_due(now):
             sent = self._resume_sent.get((namespace, request_id))
             if sent is None or time.monotonic() - sent > 5.0:
@@ -616,7 +671,7 @@ async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None
 
 async def _install_task_dump(app: faust.App) -> None:
     # `kill -USR1`: where every task waits, and the consumer's partitions (docs/observability.md)
-    install_task_dump(partial(consumer_state, app))
+    install_task_dump(partial(consumer_state, app), cast(Any, app).nexus_actor.watch.describe)
 
 
 def consumer_state(app: faust.App) -> str:

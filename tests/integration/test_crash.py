@@ -86,33 +86,20 @@ async def test_sigkill_mid_stream__every_request_answered_once_and_changes_appli
         worker.start()
         await wait_until_answering(wire, worker)
 
-        answered: set[str] = set()
+        def answered() -> set[str]:
+            return {
+                rid for r in wire.records["results"] if (rid := r.headers.get("nexus-request-id")) in mine
+            }
 
-        def first_answer(record) -> bool:
-            rid = record.headers.get("nexus-request-id")
-            if rid in mine and rid not in answered:
-                answered.add(rid)
-            return rid in mine
-
-        try:
-            await wire.wait_for("results", first_answer, count=REQUESTS * 10, timeout_s=0.01)
-        except AssertionError:
-            pass
-        deadline = asyncio.get_running_loop().time() + 90
-        while len(answered) < REQUESTS:
-            missing = sorted(mine - answered, key=lambda r: int(r[1:].split("-")[0]))
-            if asyncio.get_running_loop().time() >= deadline:
-                worker.dump_tasks()  # where the worker waits, into its log
-                raise AssertionError(
-                    "unanswered after the restart: "
-                    f"{[(rid, requests[rid][0], requests[rid][1]) for rid in missing][:10]}\n"
-                    f"{await group_offsets(kafka_bootstrap, worker.env)}\n{await wire.positions()}\n"
-                    f"worker log: {worker.log_path}"
-                )
-            try:
-                await wire.wait_for("results", first_answer, count=len(answered) + 1, timeout_s=1)
-            except AssertionError:
-                pass
+        if not await wire.wait_until(lambda: answered() == mine, timeout_s=90):
+            missing = sorted(mine - answered(), key=lambda r: int(r[1:].split("-")[0]))
+            worker.dump_tasks()  # where the worker waits, into its log
+            raise AssertionError(
+                "unanswered after the restart: "
+                f"{[(rid, requests[rid][0], requests[rid][1]) for rid in missing][:10]}\n"
+                f"{await group_offsets(kafka_bootstrap, worker.env)}\n{await wire.positions()}\n"
+                f"worker log: {worker.log_path}"
+            )
         # every request answered, and every copy of a result the same
         results: defaultdict[str, list[dict]] = defaultdict(list)
         for record in wire.matching("results", lambda r: r.headers.get("nexus-request-id") in mine):

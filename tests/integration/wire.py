@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,17 @@ class Wire:
             raise AssertionError(
                 f"{len(found)} of {count} matching records on {topic} within {timeout_s}s"
             ) from None
+
+    async def wait_until(self, check: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until `check()` (re-evaluated as records arrive) holds; False at the deadline."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._arrived:
+                    while not check():
+                        await self._arrived.wait()
+                    return True
+        except TimeoutError:
+            return check()
 
     async def result(self, request_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
         """The result of `request_id`. Delivery is at-least-once, so after a crash a result may be

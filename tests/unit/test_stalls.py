@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_streams.stalls import PartitionView, Reseek, StallDetector
+from nexus_streams.stalls import PartitionView, Progress, Reseek, StallDetector
 
 BEHIND = PartitionView(expected=10, highwater=60)
 
@@ -16,10 +16,29 @@ def test_a_partition_behind_and_still_for_patience_checks_is_read_again_from_exp
     assert detector.check({"t[0]": BEHIND}, idle=True) == [Reseek("t[0]", 10, 60)]
 
 
-def test_after_a_reseek_it_waits_as_long_again() -> None:
+def test_a_reseek_that_moves_nothing_doubles_the_wait_up_to_a_cap() -> None:
     detector = StallDetector(patience=2)
-    results = [detector.check({"t[0]": BEHIND}, idle=True) for _ in range(6)]
-    assert [len(r) for r in results] == [0, 1, 0, 1, 0, 1]
+    results = [detector.check({"t[0]": BEHIND}, idle=True) for _ in range(2 + 4 + 8 + 16)]
+    attempts = [i + 1 for i, r in enumerate(results) if r]
+    assert attempts == [2, 2 + 4, 2 + 4 + 8, 2 + 4 + 8 + 16]
+    assert StallDetector.MAX_WAIT == 64  # a partition ending in transaction markers is tried rarely
+
+
+def test_movement_resets_the_wait() -> None:
+    detector = StallDetector(patience=2)
+    for _ in range(6):  # sought twice, now waiting 8 checks
+        detector.check({"t[0]": BEHIND}, idle=True)
+    moved = PartitionView(expected=11, highwater=60)
+    assert [len(detector.check({"t[0]": moved}, idle=True)) for _ in range(2)] == [0, 1]
+
+
+def test_a_hole_is_read_again_at_the_first_idle_check() -> None:
+    detector = StallDetector(patience=3)
+    holed = PartitionView(expected=10, highwater=60, hole=True)
+    assert detector.check({"t[0]": holed}, idle=False) == []
+    assert detector.check({"t[0]": holed}, idle=True) == [Reseek("t[0]", 10, 60)]
+    # if that moved nothing, the wait doubles from there: 6 checks
+    assert [len(detector.check({"t[0]": holed}, idle=True)) for _ in range(6)] == [0, 0, 0, 0, 0, 1]
 
 
 @pytest.mark.parametrize(
@@ -70,3 +89,29 @@ def test_partitions_are_judged_apart_and_forgotten_when_unassigned() -> None:
 def test_patience_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="patience"):
         StallDetector(patience=0)
+
+
+def test_progress_moves_one_by_one_and_ignores_records_read_again() -> None:
+    progress = Progress(expected=5)
+    for offset in (5, 6, 3, 7):
+        progress.received(offset)
+    assert (progress.expected, progress.hole) == (8, False)
+
+
+def test_progress_stays_at_a_hole_until_read_again() -> None:
+    progress = Progress(expected=5)
+    progress.received(9)  # 5..8 skipped
+    progress.received(10)
+    assert (progress.expected, progress.hole) == (5, True)
+    progress.sought()
+    for offset in (5, 6, 7, 8, 9, 10, 11):  # read again from 5: the hole fills
+        progress.received(offset)
+    assert (progress.expected, progress.hole) == (12, False)
+
+
+def test_progress_accepts_a_hole_still_there_after_reading_again() -> None:
+    progress = Progress(expected=5)
+    progress.received(9)
+    progress.sought()
+    progress.received(9)  # 5..8 do not exist (transaction markers, compaction): a real gap
+    assert (progress.expected, progress.hole) == (10, False)
