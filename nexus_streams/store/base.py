@@ -10,14 +10,15 @@ Semantics every implementation keeps (tests/unit/pattern_store_behaviour.py runs
   `NotFound` when the pattern or version does not exist (or is no longer retained).
 - `record_execution` updates the pattern's and the version's statistics in one atomic step; an
   `execution_id` seen before (within the dedupe TTL) is not counted again; an execution of a pattern
-  deleted meanwhile is not counted (returns False).
+  deleted meanwhile is not counted (returns False). `record_executions` does the same for many,
+  in order (the worker sends its executions' statistics in batches).
 - Every operation either completes or raises a `NexusError` (`not_found`, `store_unavailable`, ...).
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -201,6 +202,19 @@ class PatternStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One finished execution, for `record_executions`."""
+
+    pattern_id: str
+    version: int
+    status: ExecutionStatus | str
+    duration_ms: float
+    error_code: str | None = None
+    error_message: str | None = None
+    execution_id: str | None = None
+
+
 class PatternStore(Protocol):
     async def put(self, pattern: Pattern, principal: str) -> StoredVersion: ...
 
@@ -228,6 +242,10 @@ class PatternStore(Protocol):
         execution_id: str | None = None,
     ) -> bool:
         """True when counted; False for a pattern that no longer exists or an execution seen before."""
+        ...
+
+    async def record_executions(self, records: Sequence[ExecutionRecord]) -> builtins.list[bool]:
+        """`record_execution` for each, in order, in as few round trips as the store allows."""
         ...
 
     async def stats(self, pattern_id: str) -> PatternStats: ...

@@ -5,12 +5,14 @@ remembered execution ids."""
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from nexus_streams.domain.patterns import Pattern
 from nexus_streams.store.base import (
     Clock,
+    ExecutionRecord,
     ExecutionStats,
     ExecutionStatus,
     PatternStats,
@@ -138,6 +140,20 @@ class MemoryPatternStore:
         if version in entry.versions:
             entry.version_stats[version] = entry.version_stats.get(version, ExecutionStats()).recorded(*args)
         return True
+
+    async def record_executions(self, records: Sequence[ExecutionRecord]) -> builtins.list[bool]:
+        return [
+            await self.record_execution(
+                r.pattern_id,
+                r.version,
+                r.status,
+                r.duration_ms,
+                r.error_code,
+                error_message=r.error_message,
+                execution_id=r.execution_id,
+            )
+            for r in records
+        ]
 
     async def stats(self, pattern_id: str) -> PatternStats:
         entry = self._entry(pattern_id)

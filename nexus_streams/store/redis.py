@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from nexus_streams.domain.patterns import Pattern, PatternKind
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import (
     Clock,
+    ExecutionRecord,
     ExecutionStats,
     ExecutionStatus,
     PatternStats,
@@ -376,29 +377,49 @@ class RedisPatternStore:
         error_message: str | None = None,
         execution_id: str | None = None,
     ) -> bool:
-        outcome = normalize_status(status)
-        keys = self.keys
-        script_keys = [
-            keys.meta(pattern_id),
-            keys.stats(pattern_id),
-            keys.version_stats(pattern_id, version),
-            keys.document(pattern_id, version),
-            keys.execution(execution_id or ""),
-        ]
-        args = [
-            outcome.value,
-            duration_us(duration_ms),
-            error_code or "",
-            clip_message(error_message) or "",
-            iso(self.clock()) or "",
-            "1" if execution_id is not None else "0",
-            self.execution_dedupe_ttl_s,
-        ]
+        record = ExecutionRecord(
+            pattern_id, version, status, duration_ms, error_code, error_message, execution_id
+        )
+        script_keys, args = self._record_call(record)
 
         async def run() -> bool:
             return bool(await self._record(keys=script_keys, args=args))
 
         return await self._run("record_execution", run)
+
+    async def record_executions(self, records: Sequence[ExecutionRecord]) -> builtins.list[bool]:
+        if not records:
+            return []
+        calls = [self._record_call(r) for r in records]
+
+        async def run() -> builtins.list[bool]:
+            # one round trip; each script call stays atomic (a pipeline, not a transaction)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for script_keys, args in calls:
+                    await self._record(keys=script_keys, args=args, client=pipe)
+                return [bool(done) for done in await pipe.execute()]
+
+        return await self._run("record_execution", run)
+
+    def _record_call(self, r: ExecutionRecord) -> tuple[builtins.list[str], builtins.list[Any]]:
+        keys = self.keys
+        script_keys = [
+            keys.meta(r.pattern_id),
+            keys.stats(r.pattern_id),
+            keys.version_stats(r.pattern_id, r.version),
+            keys.document(r.pattern_id, r.version),
+            keys.execution(r.execution_id or ""),
+        ]
+        args = [
+            normalize_status(r.status).value,
+            duration_us(r.duration_ms),
+            r.error_code or "",
+            clip_message(r.error_message) or "",
+            iso(self.clock()) or "",
+            "1" if r.execution_id is not None else "0",
+            self.execution_dedupe_ttl_s,
+        ]
+        return script_keys, args
 
     async def stats(self, pattern_id: str) -> PatternStats:
         return await self._run("stats", lambda: self._stats(pattern_id))

@@ -38,7 +38,7 @@ from nexus_streams.replies import Outbound, Received
 from nexus_streams.service import Limits, NamespaceService, Remembered, Reply
 from nexus_streams.settings import Settings
 from nexus_streams.stalls import PartitionView, Progress, StallDetector
-from nexus_streams.store.base import PatternStore
+from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
 from nexus_streams.topics import (
@@ -247,6 +247,7 @@ class NamespaceActor:
             for spec in ALL_TOPICS
         }
         self.by_name = {settings.topic(spec.name): spec for spec in ALL_TOPICS}
+        self.topic_names = {spec: name for name, spec in self.by_name.items()}
         self.inbound = app.topic(
             *(settings.topic(spec.name) for spec in (RELATIONSHIPS, QUERIES, EXECUTIONS)),
             key_serializer="raw",
@@ -275,6 +276,9 @@ class NamespaceActor:
         self._outbox: list[tuple[Reply, float]] = []
         self._outbox_ready = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
+        self._stats_queue: list[ExecutionRecord] = []
+        self._stats_ready = asyncio.Event()
+        self._recorder: asyncio.Task[None] | None = None
         self.watch = InputWatch(app, metrics)
         #: the input topics whose partitions `watch` looks after (the pattern agent's too)
         self.input_topics = {
@@ -321,10 +325,13 @@ class NamespaceActor:
 
     async def publish(self, out: Outbound) -> asyncio.Future[Any]:
         """Hand a message to the producer; returns its delivery (resolved once the broker has it)."""
+        # straight to the producer: Faust's Topic.send adds a message future, sensors and
+        # serializer lookups per message, a good part of a reply's cost (the state table's writes
+        # still go through Faust, and feed the send metrics)
         return cast(
             "asyncio.Future[Any]",
-            await self.topics[out.spec].send(
-                key=out.key, value=out.value, headers=out.headers, partition=out.partition
+            await self.app.producer.send(
+                self.topic_names[out.spec], out.key, out.value, out.partition, None, list(out.headers.items())
             ),
         )
 
@@ -412,7 +419,7 @@ class NamespaceActor:
         if reply.wake_at is not None:
             self.schedule_resume(*reply.wake_at)
         if reply.execution_stats is not None:
-            self._spawn(self.count_execution(reply.execution_stats))
+            self.count_execution(reply.execution_stats)
         if reply.message is not None:
             self.metrics.observe(reply.message.spec, reply, time.perf_counter() - started)
             log_reply(reply.message.spec, reply.result, reply.outbound)  # observability: failure lines
@@ -536,20 +543,34 @@ class NamespaceActor:
             ).encode(),
         )
 
-    async def count_execution(self, stats: ExecutionStats) -> None:
+    def count_execution(self, stats: ExecutionStats) -> None:
+        """Prometheus now; Redis in batches (`_record_loop`): one round trip for every execution
+        that finished while the previous batch was being written."""
         self.metrics.observe_execution(stats)
-        try:
-            await self.store.record_execution(
+        self._stats_queue.append(
+            ExecutionRecord(
                 stats.pattern_id,
                 stats.version,
                 stats.status,
                 stats.duration_ms,
                 stats.error_code,
-                error_message=stats.error_message,
-                execution_id=stats.execution_id,
+                stats.error_message,
+                stats.execution_id,
             )
-        except NexusError as exc:  # statistics must not fail the execution, which is committed
-            log.warning("statistics of execution %s not recorded: %s", stats.execution_id, exc.message)
+        )
+        self._stats_ready.set()
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_loop(), name="nexus-statistics")
+
+    async def _record_loop(self) -> None:
+        while True:
+            await self._stats_ready.wait()
+            self._stats_ready.clear()
+            batch, self._stats_queue = self._stats_queue, []
+            try:
+                await self.store.record_executions(batch)
+            except NexusError as exc:  # statistics must not fail the executions, which are committed
+                log.warning("statistics of %d executions not recorded: %s", len(batch), exc.message)
 
     async def maintain(self) -> None:
         """Time out overdue parked queries; ask the owners of expired relationships to drop them;

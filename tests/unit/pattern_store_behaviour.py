@@ -19,7 +19,7 @@ from nexus_streams.domain.errors import ErrorCode, NotFound
 from nexus_streams.domain.patterns import Pattern, PatternKind
 from nexus_streams.domain.validation import validate_pattern
 from nexus_streams.patterns import SYSTEM_PRINCIPAL, register_system_patterns, system_patterns
-from nexus_streams.store.base import ExecutionStats, ExecutionStatus, PatternStore
+from nexus_streams.store.base import ExecutionRecord, ExecutionStats, ExecutionStatus, PatternStore
 
 StoreFactory = Callable[..., PatternStore]
 START = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -291,6 +291,24 @@ class PatternStoreBehaviour:
         total = (await store.stats("p")).total
         assert (total.duration_sum_ms, total.duration_max_ms) == (0.25, 0.25)
         assert total.last_error_message == "x" * 1000
+
+    async def test_record_executions__a_batch_counts_as_each_one_would(self, store: PatternStore) -> None:
+        await store.put(make_pattern(), "alice")
+        assert await store.record_executions([]) == []
+        counted = await store.record_executions(
+            [
+                ExecutionRecord("p", 1, "ok", 2.0, execution_id="x-1"),
+                ExecutionRecord("p", 1, "error", 4.0, "timeout", "slow", execution_id="x-2"),
+                ExecutionRecord("p", 1, "ok", 9.0, execution_id="x-1"),  # seen: not again
+                ExecutionRecord("ghost", 1, "ok", 1.0),  # no such pattern
+                ExecutionRecord("p", 1, "ok", 6.0),
+            ]
+        )
+        assert counted == [True, True, False, False, True]
+        total = (await store.stats("p")).total
+        assert (total.executions, total.successes, total.failures) == (3, 2, 1)
+        assert (total.duration_sum_ms, total.duration_max_ms) == (12.0, 6.0)
+        assert (total.last_error_code, total.last_error_message) == ("timeout", "slow")
 
     async def test_record_execution__unknown_status(self, store: PatternStore) -> None:
         await store.put(make_pattern(), "alice")
