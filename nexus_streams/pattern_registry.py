@@ -26,14 +26,13 @@ from nexus_streams.messages import (
     PATTERN_ACTIONS,
     DeletePattern,
     DeprecatePattern,
-    ErrorBody,
     Event,
     Result,
     SourceRef,
     StorePattern,
     utcnow,
 )
-from nexus_streams.replies import Received, deadletter_message, event_message, result_message
+from nexus_streams.replies import Received, deadletter_message, event_message, failure, result_message
 from nexus_streams.service import Remembered, Reply, RequestLog
 from nexus_streams.store.base import PatternStore
 from nexus_streams.store.cache import PatternCache
@@ -195,34 +194,19 @@ class PatternRegistry:
         pattern_id: str | None,
         exc: NexusError,
     ) -> Reply:
-        now = self.clock()
-        body = ErrorBody.model_validate(exc.to_dict())
-        source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
-        result = Result(
-            request_id=request_id,
+        result, outbound = failure(
+            msg,
+            exc,
             namespace=None,
-            pattern_id=pattern_id,
-            action=action,
-            status="error",
-            error=body,
-            offset=msg.offset,
-            source=source,
-            processed_at=now,
-        )
-        event = Event(
-            type="error",
-            namespace=None,
-            occurred_at=now,
             request_id=request_id,
             principal=principal,
+            action=action,
             pattern_id=pattern_id,
-            error=body,
-            data={"action": action, "source": source.model_dump()},
+            offset=msg.offset,
+            now=self.clock(),
         )
-        reply = Reply(msg, [result_message(result), event_message(event)], result=result)
-        if request_id is None:
-            reply.outbound.append(deadletter_message(msg, exc.code.value, exc.message))
-        elif exc.code not in (ErrorCode.INTERNAL_ERROR, ErrorCode.STORE_UNAVAILABLE):
+        reply = Reply(msg, outbound, result=result)
+        if request_id is not None and exc.code not in (ErrorCode.INTERNAL_ERROR, ErrorCode.STORE_UNAVAILABLE):
             reply.remember = result  # failures of ours are not remembered: a retry runs again
             reply.remembered = Remembered.of(reply)
         return reply

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from nexus_streams.codec import encode
-from nexus_streams.messages import Event, Result
+from nexus_streams.domain.errors import NexusError
+from nexus_streams.messages import ErrorBody, Event, Result, SourceRef
 from nexus_streams.topics import DEADLETTER, EVENTS, RESULTS, Header, TopicSpec
 
 
@@ -67,3 +69,46 @@ def deadletter_message(msg: Received, code: str, reason: str) -> Outbound:
         Header.SOURCE_OFFSET.value: str(msg.offset).encode(),
     }
     return Outbound(DEADLETTER, msg.key, msg.value or b"", headers)
+
+
+def failure(
+    msg: Received,
+    exc: NexusError,
+    *,
+    namespace: str | None,
+    request_id: str | None,
+    principal: str | None,
+    action: str | None,
+    pattern_id: str | None,
+    offset: int | None,
+    now: datetime,
+) -> tuple[Result, list[Outbound]]:
+    """A refused or failed request: its error result, the `error` event, and, when it has no
+    request_id (nobody can await its result), the message itself in the dead-letter topic."""
+    source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+    body = ErrorBody.model_validate(exc.to_dict())
+    result = Result(
+        request_id=request_id,
+        namespace=namespace,
+        pattern_id=pattern_id,
+        action=action,
+        status="error",
+        error=body,
+        offset=offset,
+        source=source,
+        processed_at=now,
+    )
+    event = Event(
+        type="error",
+        namespace=namespace,
+        occurred_at=now,
+        pattern_id=pattern_id,
+        request_id=request_id,
+        principal=principal,
+        error=body,
+        data={"action": action, "source": source.model_dump()},
+    )
+    outbound = [result_message(result), event_message(event)]
+    if request_id is None:
+        outbound.append(deadletter_message(msg, exc.code.value, exc.message))
+    return result, outbound

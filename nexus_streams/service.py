@@ -98,6 +98,7 @@ from nexus_streams.replies import (
     Received,
     deadletter_message,
     event_message,
+    failure,
     result_message,
 )
 from nexus_streams.topics import EVENTS, EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
@@ -825,37 +826,19 @@ class NamespaceService:
         exc: NexusError,
         pattern_id: str | None = None,
     ) -> Reply:
-        now = self.clock()
-        source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
-        body = ErrorBody.model_validate(exc.to_dict())
-        offset = msg.offset if msg.spec is RELATIONSHIPS else self.applied.get(msg.partition)
-        result = Result(
-            request_id=request_id,
+        result, outbound = failure(
+            msg,
+            exc,
             namespace=namespace,
-            pattern_id=pattern_id,
+            request_id=request_id,
+            principal=data.get("principal") if isinstance(data.get("principal"), str) else None,
             action=action,
-            status="error",
-            error=body,
-            offset=offset,
-            source=source,
-            processed_at=now,
-        )
-        principal = data.get("principal") if isinstance(data.get("principal"), str) else None
-        event = Event(
-            type="error",
-            namespace=namespace,
-            occurred_at=now,
             pattern_id=pattern_id,
-            request_id=request_id,
-            principal=principal,
-            error=body,
-            data={"action": action, "source": source.model_dump()},
+            offset=msg.offset if msg.spec is RELATIONSHIPS else self.applied.get(msg.partition),
+            now=self.clock(),
         )
-        reply = Reply(msg, [result_message(result), event_message(event)], namespace=namespace, result=result)
-        if request_id is None:
-            # nobody can await a result without a request id: keep the message itself too
-            reply.outbound.append(deadletter_message(msg, exc.code.value, exc.message))
-        elif exc.code is not ErrorCode.INTERNAL_ERROR and msg.spec is not QUERIES:
+        reply = Reply(msg, outbound, namespace=namespace, result=result)
+        if request_id is not None and exc.code is not ErrorCode.INTERNAL_ERROR and msg.spec is not QUERIES:
             reply.remember = result  # a failure of ours is not remembered: a retry runs again
         return reply
 
