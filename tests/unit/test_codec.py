@@ -588,3 +588,18 @@ def test_encode__event__utf8() -> None:
 def test_encode__command__round_trips_through_decode_and_parse(command: dict[str, Any]) -> None:
     model = parse(command)
     assert parse(decode_object(encode(model))) == model
+
+
+def test_encode__the_fast_path_writes_what_the_general_one_does() -> None:
+    """Models without a required null go through pydantic's JSON serializer; the same document as
+    dumping to Python and then to JSON (floats may differ only in exponent form)."""
+    result = Result(
+        request_id="r-1",
+        namespace="ns",
+        action="execute",
+        status="ok",
+        output={"steps": {"a": {"status": "completed", "output": {"n": [1, None, "é用"], "x": 0.25}}}},
+        processed_at=T,
+    )
+    general = result.model_dump(mode="json", exclude_none=True, by_alias=True)
+    assert encode(result) == json.dumps(general, separators=(",", ":"), ensure_ascii=False).encode()
