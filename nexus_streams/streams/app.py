@@ -113,6 +113,27 @@ def _put_or_delete(table: Any, key: str, value: Any) -> None:
         del table[key]
 
 
+class ChangelogWrites:
+    """The changelog records a table sent since the last `take()`, as futures resolved once the
+    broker has them. Faust's `producer.flush()` does not wait for them: it returns as soon as its
+    buffer's queue is empty, while the record it took last may not be in the Kafka producer yet."""
+
+    def __init__(self, table: Any) -> None:
+        self.pending: list[asyncio.Future[Any]] = []
+        send = table.send_changelog
+
+        def send_and_note(*args: Any, **kwargs: Any) -> Any:
+            future = send(*args, **kwargs)
+            self.pending.append(future)
+            return future
+
+        table.send_changelog = send_and_note
+
+    def take(self) -> list[asyncio.Future[Any]]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
@@ -273,7 +294,8 @@ class NamespaceActor:
             ),
         )
         self._pending: set[asyncio.Task[None]] = set()
-        self._outbox: list[tuple[Reply, float]] = []
+        self._outbox: list[tuple[Reply, float, list[asyncio.Future[Any]]]] = []
+        self._changelog = ChangelogWrites(self.tables.state)
         self._outbox_ready = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
         self._stats_queue: list[ExecutionRecord] = []
@@ -390,13 +412,12 @@ class NamespaceActor:
             request_log.forget(namespace, request_id)
 
     async def complete(self, reply: Reply, started: float) -> None:
-        """Write a reply's state into the tables now; its messages go out from `_publish_loop`,
-        once that state is on the changelog: a client never sees a result whose effects a crash
-        could still lose (the redelivered request then runs again). The agent goes on with the
-        next message meanwhile, so one flush covers every reply written while the previous one
-        was in flight."""
+        """Write a reply's state into the tables now; its messages go out from `_publish_loop`
+        once the broker has that state: a client never sees a result whose effects a crash could
+        still lose (the redelivered request then runs again). The agent goes on with the next
+        message meanwhile."""
         self._write_tables(reply, self.request_log)
-        self._outbox.append((reply, started))
+        self._outbox.append((reply, started, self._changelog.take()))
         self._outbox_ready.set()
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.create_task(self._publish_loop(), name="nexus-publisher")
@@ -406,13 +427,18 @@ class NamespaceActor:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             batch, self._outbox = self._outbox, []
-            try:
-                if any(reply.remembered is not None or reply.changes for reply, _ in batch):
-                    await self.app.producer.flush()
-                for reply, started in batch:
+            for reply, started, writes in batch:
+                try:
+                    if writes:
+                        await asyncio.gather(*writes)
                     await self._finish(reply, started)
-            except Exception:  # the batch's messages stay unacknowledged: redelivered after a restart
-                log.exception("publishing %d replies failed", len(batch))
+                except Exception:  # its message stays unacknowledged: processed again after a restart
+                    log.exception(
+                        "the state of %s was not written; its messages are not published",
+                        f"{reply.message.topic}[{reply.message.partition}]@{reply.message.offset}"
+                        if reply.message is not None
+                        else "a reply",
+                    )
 
     async def _finish(self, reply: Reply, started: float) -> None:
         await self.publish_all(reply.outbound, reply.message.token if reply.message is not None else None)
