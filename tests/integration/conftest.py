@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +105,10 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGUSR1)
             time.sleep(2)
 
+    def remove_data(self) -> None:
+        """The worker's data directory (under .stack/), once it is stopped for good."""
+        shutil.rmtree(self.env["NEXUS_DATA_DIR"], ignore_errors=True)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -192,6 +197,7 @@ async def own_worker(
         yield wire, worker, run_id
     finally:
         worker.stop()
+        worker.remove_data()
         await wire.stop()
 
 
@@ -214,6 +220,7 @@ def worker(topics_ready: dict[str, str], run_id: str) -> Iterator[WorkerProcess]
     proc.start()
     yield proc
     proc.stop()
+    proc.remove_data()
 
 
 @pytest.fixture(scope="session")

@@ -406,6 +406,7 @@ async def observed(
     finally:
         await wire.stop()
         worker.stop()
+        worker.remove_data()
         prometheus.stop()
 
 
