@@ -18,7 +18,7 @@ class TopicMismatch(Exception):
     """An existing topic has a partition count that breaks co-partitioning."""
 
 
-#: the namespace actor's and the pattern registry's changelog-backed tables (streams/app.py)
+#: the namespace actor's and the pattern registry's changelog-backed tables (streams/tables.py)
 TABLES = ("state", "pattern_requests")
 _NAMESPACE = Partitioning.NAMESPACE
 _SPREAD = Partitioning.SPREAD

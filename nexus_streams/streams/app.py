@@ -27,7 +27,7 @@ from nexus_streams.domain.access import AccessPolicy
 from nexus_streams.domain.errors import NexusError, NotFound
 from nexus_streams.domain.execution import ExecutionLimits
 from nexus_streams.domain.graph import Put
-from nexus_streams.domain.relationships import SEP, Relationship, RelationshipKey
+from nexus_streams.domain.relationships import SEP
 from nexus_streams.domain.validation import PatternLimits
 from nexus_streams.executions import Executions, ExecutionStats, PatternLookup
 from nexus_streams.logs import log_reply
@@ -35,12 +35,22 @@ from nexus_streams.metrics import Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
 from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
-from nexus_streams.service import Limits, NamespaceService, Remembered, Reply
+from nexus_streams.service import Limits, NamespaceService, Reply
 from nexus_streams.settings import Settings
-from nexus_streams.stalls import PartitionView, Progress, StallDetector
 from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
+from nexus_streams.streams.dump import consumer_state
+from nexus_streams.streams.tables import (
+    ChangelogWrites,
+    Kind,
+    TableRecords,
+    TableRequestLog,
+    Tables,
+    put_or_delete,
+    state_key,
+)
+from nexus_streams.streams.watch import InputWatch
 from nexus_streams.topics import (
     ALL_TOPICS,
     EVENTS,
@@ -56,84 +66,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Kind:
-    """Key prefixes of the namespace actor's one `state` table. One table, so every write of a
-    reply goes to the same changelog partition, in order: the remembered reply is written first,
-    so whatever else of a reply survives a crash, its remembered reply does too."""
-
-    RECORD = "r"
-    REQUEST = "q"
-    SCHEMA = "s"
-    PROGRESS = "p"
-    EXECUTION = "x"
-
-
-def state_key(kind: str, *parts: str) -> str:
-    return SEP.join((kind, *parts))
-
-
-class TableRequestLog:
-    """What requests did (`Remembered`), by (scope, request_id), in a changelog-backed table; the
-    scope is the namespace, or a fixed one (`scope`) for the pattern registry."""
-
-    def __init__(self, table: Any, scope: str | None = None) -> None:
-        self.table = table
-        self.scope = scope
-
-    def get(self, namespace: str, request_id: str) -> Remembered | None:
-        stored = self.table.get(state_key(Kind.REQUEST, namespace, request_id))
-        return None if stored is None else Remembered.from_dict(stored)
-
-    def forget(self, namespace: str, request_id: str) -> None:
-        _put_or_delete(self.table, state_key(Kind.REQUEST, namespace, request_id), None)
-
-    def put(self, remembered: Remembered) -> None:
-        result = remembered.result
-        scope = self.scope or result.namespace
-        assert result.request_id is not None and scope is not None
-        self.table[state_key(Kind.REQUEST, scope, result.request_id)] = remembered.to_dict()
-
-
-class TableRecords:
-    """The relationship records of one namespace, in the changelog-backed `relationships` table."""
-
-    def __init__(self, table: Any, namespace: str) -> None:
-        self.table = table
-        self.namespace = namespace
-
-    def get(self, key: RelationshipKey) -> Relationship | None:
-        record = self.table.get(state_key(Kind.RECORD, key.as_stored(self.namespace)))
-        return None if record is None else Relationship.from_record(self.namespace, key, record)
-
-
-def _put_or_delete(table: Any, key: str, value: Any) -> None:
-    if value is not None:
-        table[key] = value
-    elif key in table:
-        del table[key]
-
-
-class ChangelogWrites:
-    """The changelog records a table sent since the last `take()`, as futures resolved once the
-    broker has them. Faust's `producer.flush()` does not wait for them: it returns as soon as its
-    buffer's queue is empty, while the record it took last may not be in the Kafka producer yet."""
-
-    def __init__(self, table: Any) -> None:
-        self.pending: list[asyncio.Future[Any]] = []
-        send = table.send_changelog
-
-        def send_and_note(*args: Any, **kwargs: Any) -> Any:
-            future = send(*args, **kwargs)
-            self.pending.append(future)
-            return future
-
-        table.send_changelog = send_and_note
-
-    def take(self) -> list[asyncio.Future[Any]]:
-        taken, self.pending = self.pending, []
-        return taken
-
-
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
@@ -147,95 +79,6 @@ def limits_from(settings: Settings) -> Limits:
         min_offset_wait_s=settings.min_offset_wait_s,
         request_retention_s=settings.request_retention_s,
     )
-
-
-class Tables:
-    """The changelog-backed tables of the namespace actor."""
-
-    def __init__(self, app: faust.App, partitions: int) -> None:
-        def table(name: str, help_: str) -> Any:
-            return app.Table(name, default=None, partitions=partitions, help=help_)
-
-        self.state = table(
-            "state",
-            "the namespace actor's state by kind (see Kind): relationship records, remembered "
-            "requests, schemas, applied offsets, waiting executions",
-        )
-        self.pattern_requests = table("pattern_requests", "results of pattern commands by request_id")
-
-
-class InputWatch:
-    """Notes where each agent is in its input partitions, and reads a partition again when it
-    stalls with unread messages or skipped some (the why and the rule: nexus_streams/stalls.py)."""
-
-    def __init__(self, app: faust.App, metrics: Metrics, patience: int = 3) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.detector = StallDetector(patience)
-        #: per partition: the consumer generation it was assigned in, and the agent's progress
-        self._progress: dict[Any, tuple[int, Progress]] = {}
-        self.busy = 0
-
-    def _current(self, tp: Any) -> Progress | None:
-        generation, progress = self._progress.get(tp, (None, None))
-        # seen before a rebalance: another worker may have gone on since
-        return progress if generation == self.app.consumer_generation_id else None
-
-    def _committed(self, tp: Any) -> int | None:
-        committed: int | None = cast(Any, self.app.consumer)._committed_offset.get(tp)  # noqa: SLF001
-        return committed  # (no public accessor)
-
-    def received(self, message: Any) -> None:
-        progress = self._current(message.tp)
-        if progress is None:
-            # the first since the assignment: from the committed offset (records before this one
-            # and after it were skipped), or from this one when the group never committed
-            committed = self._committed(message.tp)
-            progress = Progress(committed if committed is not None else message.offset)
-            self._progress[message.tp] = (self.app.consumer_generation_id, progress)
-        progress.received(message.offset)
-
-    def describe(self) -> str:
-        app = self.app
-        lines = [
-            f"input watch: rebalancing={app.rebalancing} in_recovery={app.in_recovery} busy={self.busy} "
-            f"generation={app.consumer_generation_id}"
-        ]
-        for tp, (generation, progress) in sorted(self._progress.items()):
-            lines.append(
-                f"  {tp.topic}[{tp.partition}] generation={generation} expected={progress.expected} "
-                f"hole={progress.hole} highwater={cast(Any, app.consumer).highwater(tp)}"
-            )
-        return "\n".join(lines)
-
-    async def check(self, topics: set[str], publishing: int = 0) -> None:
-        """`publishing`: replies processed but not yet published (the agents are not idle)."""
-        app, consumer = self.app, cast(Any, self.app.consumer)
-        if app.rebalancing or app.in_recovery or not consumer.flow_active:
-            return
-        queued = sum(cast(Any, agent.channel).queue.qsize() for agent in app.agents.values())
-        views = {}
-        for tp in consumer.assignment():
-            if tp.topic in topics:
-                progress = self._current(tp)
-                expected = progress.expected if progress is not None else self._committed(tp)
-                highwater = consumer.highwater(tp)
-                known = highwater if highwater is not None and highwater >= 0 else None
-                views[tp] = PartitionView(expected, known, hole=progress is not None and progress.hole)
-        for reseek in self.detector.check(views, idle=self.busy == 0 and queued == 0 and publishing == 0):
-            tp = reseek.partition
-            log.warning(
-                "%s[%s] stalled at offset %d below its high watermark %d: reading it again from there",
-                tp.topic,  # type: ignore[attr-defined]
-                tp.partition,  # type: ignore[attr-defined]
-                reseek.offset,
-                reseek.highwater,
-            )
-            self.metrics.reseeks.inc()
-            progress = self._current(tp)
-            if progress is not None:
-                progress.sought()
-            await consumer.seek(tp, reseek.offset)
 
 
 class NamespaceActor:
@@ -398,7 +241,7 @@ class NamespaceActor:
         for change in reply.changes:
             rel = change.relationship
             value = rel.to_record() if isinstance(change, Put) else None
-            _put_or_delete(state, state_key(Kind.RECORD, rel.key.as_stored(rel.namespace)), value)
+            put_or_delete(state, state_key(Kind.RECORD, rel.key.as_stored(rel.namespace)), value)
         if reply.schema is not None:
             namespace, document = reply.schema
             state[state_key(Kind.SCHEMA, namespace)] = document
@@ -407,7 +250,7 @@ class NamespaceActor:
             state[state_key(Kind.PROGRESS, str(partition))] = offset
         if reply.execution_state is not None:
             key, execution = reply.execution_state
-            _put_or_delete(state, state_key(Kind.EXECUTION, key), execution)
+            put_or_delete(state, state_key(Kind.EXECUTION, key), execution)
         for namespace, request_id in reply.forget:
             request_log.forget(namespace, request_id)
 
@@ -726,39 +569,6 @@ async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None
 async def _install_task_dump(app: faust.App) -> None:
     # `kill -USR1`: where every task waits, and the consumer's partitions (docs/observability.md)
     install_task_dump(partial(consumer_state, app), cast(Any, app).nexus_actor.watch.describe)
-
-
-def consumer_state(app: faust.App) -> str:
-    """Which partitions the worker reads, and where: Faust's view and its Kafka consumer's."""
-    consumer: Any = app.consumer
-    lines = [
-        f"consumer: flow_active={consumer.flow_active} in_recovery={app.in_recovery} "
-        f"active={sorted(map(tuple, consumer._active_partitions or ()))} "  # noqa: SLF001
-        f"paused={sorted(map(tuple, consumer._paused_partitions))} "  # noqa: SLF001
-        f"buffered={sorted(map(tuple, consumer._buffered_partitions))}",  # noqa: SLF001
-    ]
-    for name, agent in app.agents.items():
-        channel: Any = agent.channel
-        lines.append(f"agent {name}: queued={channel.queue.qsize()} unacked={len(consumer.unacked)}")
-    producer: Any = cast(Any, app.producer)._producer  # noqa: SLF001
-    if producer is not None:
-        sender, accumulator = producer._sender, producer._message_accumulator  # noqa: SLF001
-        waiting = {f"{tp.topic}[{tp.partition}]": len(b) for tp, b in accumulator._batches.items()}  # noqa: SLF001
-        lines.append(
-            f"producer: in_flight={sorted(sender._in_flight)} muted={len(sender._muted_partitions)} "  # noqa: SLF001
-            f"pending={len(accumulator._pending_batches)} waiting={waiting}"  # noqa: SLF001
-        )
-    kafka = consumer._thread._consumer  # noqa: SLF001
-    assignment = kafka._subscription.subscription.assignment if kafka is not None else None  # noqa: SLF001
-    if assignment is not None:
-        for tp in sorted(assignment.tps):
-            state = assignment.state_value(tp)
-            lines.append(
-                f"  {tp.topic}[{tp.partition}] position={state._position} paused={state.paused} "  # noqa: SLF001
-                f"read={consumer._read_offset.get(tp)} committed={consumer._committed_offset.get(tp)} "  # noqa: SLF001
-                f"acked={len(consumer._acked.get(tp) or ())}"  # noqa: SLF001
-            )
-    return "\n".join(lines)
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:

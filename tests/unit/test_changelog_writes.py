@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from nexus_streams.streams.app import ChangelogWrites
+from nexus_streams.streams.tables import ChangelogWrites
 
 
 class FakeTable:

@@ -1,0 +1,88 @@
+"""The glue of nexus_streams/stalls.py: where each agent is in its input partitions, observed on
+Faust and Kafka, and the seek when a partition stalled or skipped records."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import faust
+
+from nexus_streams.metrics import Metrics
+from nexus_streams.stalls import PartitionView, Progress, StallDetector
+
+log = logging.getLogger(__name__)
+
+
+class InputWatch:
+    """Notes where each agent is in its input partitions, and reads a partition again when it
+    stalls with unread messages or skipped some (the why and the rule: nexus_streams/stalls.py)."""
+
+    def __init__(self, app: faust.App, metrics: Metrics, patience: int = 3) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.detector = StallDetector(patience)
+        #: per partition: the consumer generation it was assigned in, and the agent's progress
+        self._progress: dict[Any, tuple[int, Progress]] = {}
+        self.busy = 0
+
+    def _current(self, tp: Any) -> Progress | None:
+        generation, progress = self._progress.get(tp, (None, None))
+        # seen before a rebalance: another worker may have gone on since
+        return progress if generation == self.app.consumer_generation_id else None
+
+    def _committed(self, tp: Any) -> int | None:
+        committed: int | None = cast(Any, self.app.consumer)._committed_offset.get(tp)  # noqa: SLF001
+        return committed  # (no public accessor)
+
+    def received(self, message: Any) -> None:
+        progress = self._current(message.tp)
+        if progress is None:
+            # the first since the assignment: from the committed offset (records before this one
+            # and after it were skipped), or from this one when the group never committed
+            committed = self._committed(message.tp)
+            progress = Progress(committed if committed is not None else message.offset)
+            self._progress[message.tp] = (self.app.consumer_generation_id, progress)
+        progress.received(message.offset)
+
+    def describe(self) -> str:
+        app = self.app
+        lines = [
+            f"input watch: rebalancing={app.rebalancing} in_recovery={app.in_recovery} busy={self.busy} "
+            f"generation={app.consumer_generation_id}"
+        ]
+        for tp, (generation, progress) in sorted(self._progress.items()):
+            lines.append(
+                f"  {tp.topic}[{tp.partition}] generation={generation} expected={progress.expected} "
+                f"hole={progress.hole} highwater={cast(Any, app.consumer).highwater(tp)}"
+            )
+        return "\n".join(lines)
+
+    async def check(self, topics: set[str], publishing: int = 0) -> None:
+        """`publishing`: replies processed but not yet published (the agents are not idle)."""
+        app, consumer = self.app, cast(Any, self.app.consumer)
+        if app.rebalancing or app.in_recovery or not consumer.flow_active:
+            return
+        queued = sum(cast(Any, agent.channel).queue.qsize() for agent in app.agents.values())
+        views = {}
+        for tp in consumer.assignment():
+            if tp.topic in topics:
+                progress = self._current(tp)
+                expected = progress.expected if progress is not None else self._committed(tp)
+                highwater = consumer.highwater(tp)
+                known = highwater if highwater is not None and highwater >= 0 else None
+                views[tp] = PartitionView(expected, known, hole=progress is not None and progress.hole)
+        for reseek in self.detector.check(views, idle=self.busy == 0 and queued == 0 and publishing == 0):
+            tp = reseek.partition
+            log.warning(
+                "%s[%s] stalled at offset %d below its high watermark %d: reading it again from there",
+                tp.topic,  # type: ignore[attr-defined]
+                tp.partition,  # type: ignore[attr-defined]
+                reseek.offset,
+                reseek.highwater,
+            )
+            self.metrics.reseeks.inc()
+            progress = self._current(tp)
+            if progress is not None:
+                progress.sought()
+            await consumer.seek(tp, reseek.offset)
