@@ -40,6 +40,7 @@ from nexus_streams.settings import Settings
 from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
+from nexus_streams.streams.batches import Batches
 from nexus_streams.streams.dump import consumer_state
 from nexus_streams.streams.tables import (
     ChangelogWrites,
@@ -137,13 +138,12 @@ class NamespaceActor:
             ),
         )
         self._pending: set[asyncio.Task[None]] = set()
-        self._outbox: list[tuple[Reply, float, list[asyncio.Future[Any]]]] = []
+        #: replies written, their messages waiting for the state's changelog records
+        self._outbox: Batches[tuple[Reply, float, list[asyncio.Future[Any]]]] = Batches(
+            "nexus-publisher", self._publish
+        )
         self._changelog = ChangelogWrites(self.tables.state)
-        self._outbox_ready = asyncio.Event()
-        self._publisher: asyncio.Task[None] | None = None
-        self._stats_queue: list[ExecutionRecord] = []
-        self._stats_ready = asyncio.Event()
-        self._recorder: asyncio.Task[None] | None = None
+        self._statistics: Batches[ExecutionRecord] = Batches("nexus-statistics", self._record)
         self.watch = InputWatch(app, metrics)
         #: the input topics whose partitions `watch` looks after (the pattern agent's too)
         self.input_topics = {
@@ -255,33 +255,26 @@ class NamespaceActor:
             request_log.forget(namespace, request_id)
 
     async def complete(self, reply: Reply, started: float) -> None:
-        """Write a reply's state into the tables now; its messages go out from `_publish_loop`
+        """Write a reply's state into the tables now; its messages go out from `_publish`
         once the broker has that state: a client never sees a result whose effects a crash could
         still lose (the redelivered request then runs again). The agent goes on with the next
         message meanwhile."""
         self._write_tables(reply, self.request_log)
-        self._outbox.append((reply, started, self._changelog.take()))
-        self._outbox_ready.set()
-        if self._publisher is None or self._publisher.done():
-            self._publisher = asyncio.create_task(self._publish_loop(), name="nexus-publisher")
+        self._outbox.put((reply, started, self._changelog.take()))
 
-    async def _publish_loop(self) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, []
-            for reply, started, writes in batch:
-                try:
-                    if writes:
-                        await asyncio.gather(*writes)
-                    await self._finish(reply, started)
-                except Exception:  # its message stays unacknowledged: processed again after a restart
-                    log.exception(
-                        "the state of %s was not written; its messages are not published",
-                        f"{reply.message.topic}[{reply.message.partition}]@{reply.message.offset}"
-                        if reply.message is not None
-                        else "a reply",
-                    )
+    async def _publish(self, batch: list[tuple[Reply, float, list[asyncio.Future[Any]]]]) -> None:
+        for reply, started, writes in batch:
+            try:
+                if writes:
+                    await asyncio.gather(*writes)
+                await self._finish(reply, started)
+            except Exception:  # its message stays unacknowledged: processed again after a restart
+                log.exception(
+                    "the state of %s was not written; its messages are not published",
+                    f"{reply.message.topic}[{reply.message.partition}]@{reply.message.offset}"
+                    if reply.message is not None
+                    else "a reply",
+                )
 
     async def _finish(self, reply: Reply, started: float) -> None:
         await self.publish_all(reply.outbound, reply.message.token if reply.message is not None else None)
@@ -292,11 +285,6 @@ class NamespaceActor:
         if reply.message is not None:
             self.metrics.observe(reply.message.spec, reply, time.perf_counter() - started)
             log_reply(reply.message.spec, reply.result, reply.outbound)  # observability: failure lines
-
-    @property
-    def publishing(self) -> int:
-        """Replies written but not yet published."""
-        return len(self._outbox) + (1 if self._outbox_ready.is_set() else 0)
 
     async def run_deferred(self, reply: Reply, started: float) -> None:
         assert reply.deferred is not None
@@ -413,10 +401,10 @@ class NamespaceActor:
         )
 
     def count_execution(self, stats: ExecutionStats) -> None:
-        """Prometheus now; Redis in batches (`_record_loop`): one round trip for every execution
-        that finished while the previous batch was being written."""
+        """Prometheus now; Redis in batches (`_record`): one round trip for every execution that
+        finished while the previous batch was being written."""
         self.metrics.observe_execution(stats)
-        self._stats_queue.append(
+        self._statistics.put(
             ExecutionRecord(
                 stats.pattern_id,
                 stats.version,
@@ -427,19 +415,12 @@ class NamespaceActor:
                 stats.execution_id,
             )
         )
-        self._stats_ready.set()
-        if self._recorder is None or self._recorder.done():
-            self._recorder = asyncio.create_task(self._record_loop(), name="nexus-statistics")
 
-    async def _record_loop(self) -> None:
-        while True:
-            await self._stats_ready.wait()
-            self._stats_ready.clear()
-            batch, self._stats_queue = self._stats_queue, []
-            try:
-                await self.store.record_executions(batch)
-            except NexusError as exc:  # statistics must not fail the executions, which are committed
-                log.warning("statistics of %d executions not recorded: %s", len(batch), exc.message)
+    async def _record(self, batch: list[ExecutionRecord]) -> None:
+        try:
+            await self.store.record_executions(batch)
+        except NexusError as exc:  # statistics must not fail the executions, which are committed
+            log.warning("statistics of %d executions not recorded: %s", len(batch), exc.message)
 
     async def maintain(self) -> None:
         """Time out overdue parked queries; ask the owners of expired relationships to drop them;
@@ -451,7 +432,7 @@ class NamespaceActor:
         # observability: graph size gauges (throttled inside) and consumer lag
         self.metrics.observe_graphs(self.service.graphs)
         await self.metrics.observe_consumer(self.app.consumer, self.app.monitor, self.by_name)
-        await self.watch.check(self.input_topics, self.publishing)
+        await self.watch.check(self.input_topics, len(self._outbox))
         for namespace, request_id in self.service.waiting_due(now):
             sent = self._resume_sent.get((namespace, request_id))
             if sent is None or time.monotonic() - sent > 5.0:

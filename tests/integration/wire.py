@@ -84,22 +84,14 @@ class Wire:
     async def wait_for(self, topic: str, predicate, count: int = 1, timeout_s: float = 30.0) -> list[Record]:
         """Wait until `count` records on `topic` match `predicate`; fail at the deadline."""
 
-        async def matched() -> list[Record]:
+        def matched() -> list[Record]:
             return [r for r in self.records[topic] if predicate(r)]
 
-        try:
-            async with asyncio.timeout(timeout_s):
-                async with self._arrived:
-                    while len(found := await matched()) < count:
-                        await self._arrived.wait()
-                    return found
-        except TimeoutError:
-            found = await matched()
-            if self._task is not None and self._task.done():
-                raise AssertionError(f"the test's consumer stopped: {self._task!r}") from None
-            raise AssertionError(
-                f"{len(found)} of {count} matching records on {topic} within {timeout_s}s"
-            ) from None
+        if await self.wait_until(lambda: len(matched()) >= count, timeout_s):
+            return matched()
+        if self._task is not None and self._task.done():
+            raise AssertionError(f"the test's consumer stopped: {self._task!r}")
+        raise AssertionError(f"{len(matched())} of {count} matching records on {topic} within {timeout_s}s")
 
     async def wait_until(self, check: Callable[[], bool], timeout_s: float) -> bool:
         """Wait until `check()` (re-evaluated as records arrive) holds; False at the deadline."""
