@@ -57,8 +57,9 @@ class Progress:
 class PartitionView:
     """One input partition as the worker sees it at a check."""
 
-    #: the next offset the agent should process: one past the last it received, or the committed
-    #: offset when it has received nothing since the assignment (None: not known yet)
+    #: the next offset the agent should process: one past the last it received; when it has
+    #: received nothing since the assignment, the committed offset, or the partition's first
+    #: offset if the group never committed (None: not known yet)
     expected: int | None
     #: the partition's high watermark (offset of the next message to be written), None if unknown
     highwater: int | None

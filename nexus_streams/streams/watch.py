@@ -24,6 +24,8 @@ class InputWatch:
         self.detector = StallDetector(patience)
         #: per partition: the consumer generation it was assigned in, and the agent's progress
         self._progress: dict[Any, tuple[int, Progress]] = {}
+        #: per partition the group never committed: the generation and its first offset then
+        self._earliest: dict[Any, tuple[int, int]] = {}
         self.busy = 0
 
     def _current(self, tp: Any) -> Progress | None:
@@ -34,6 +36,26 @@ class InputWatch:
     def _committed(self, tp: Any) -> int | None:
         committed: int | None = cast(Any, self.app.consumer)._committed_offset.get(tp)  # noqa: SLF001
         return committed  # (no public accessor)
+
+    async def _first_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        """Where reading starts in partitions the group never committed (the consumer starts at
+        the earliest offset): asked once per assignment, the answer kept."""
+        generation = self.app.consumer_generation_id
+        known = {
+            tp: self._earliest[tp][1] for tp in partitions if self._earliest.get(tp, (None,))[0] == generation
+        }
+        missing = [tp for tp in partitions if tp not in known]
+        if missing:
+            try:
+                answer = await cast(Any, self.app.consumer).earliest_offsets(*missing)
+            except Exception as exc:  # asked again at the next check
+                log.debug("earliest offsets of %s: %r", missing, exc)
+                answer = {}
+            for tp, offset in answer.items():
+                if offset is not None and offset >= 0:
+                    self._earliest[tp] = (generation, offset)
+                    known[tp] = offset
+        return known
 
     def received(self, message: Any) -> None:
         progress = self._current(message.tp)
@@ -64,14 +86,22 @@ class InputWatch:
         if app.rebalancing or app.in_recovery or not consumer.flow_active:
             return
         queued = sum(cast(Any, agent.channel).queue.qsize() for agent in app.agents.values())
+        assigned = [tp for tp in consumer.assignment() if tp.topic in topics]
+        first = await self._first_offsets(
+            [tp for tp in assigned if self._current(tp) is None and self._committed(tp) is None]
+        )
         views = {}
-        for tp in consumer.assignment():
-            if tp.topic in topics:
-                progress = self._current(tp)
-                expected = progress.expected if progress is not None else self._committed(tp)
-                highwater = consumer.highwater(tp)
-                known = highwater if highwater is not None and highwater >= 0 else None
-                views[tp] = PartitionView(expected, known, hole=progress is not None and progress.hole)
+        for tp in assigned:
+            progress = self._current(tp)
+            expected: int | None
+            if progress is not None:
+                expected = progress.expected
+            else:
+                committed = self._committed(tp)
+                expected = committed if committed is not None else first.get(tp)
+            highwater = consumer.highwater(tp)
+            known = highwater if highwater is not None and highwater >= 0 else None
+            views[tp] = PartitionView(expected, known, hole=progress is not None and progress.hole)
         for reseek in self.detector.check(views, idle=self.busy == 0 and queued == 0 and publishing == 0):
             tp = reseek.partition
             log.warning(
