@@ -258,6 +258,13 @@ class Metrics:
             "unread messages (see nexus_streams/stalls.py)",
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "nexus_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer tick (every 50 ms): the time a ready "
+            "message waits while something else holds the loop",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.buffer_full = Counter(
             "nexus_kafka_topic_buffer_full",
             "Times a partition's buffer was full and the consumer had to wait for the agent",

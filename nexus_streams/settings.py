@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     maintenance_interval_s: float = Field(
         default=1.0, gt=0, description="how often expiry and overdue queries are checked"
     )
+    gc_threshold0: int = Field(
+        default=20_000, ge=100, description="Python's generation-0 collection threshold in the worker"
+    )
+    gc_freeze: bool = Field(
+        default=True, description="freeze what survives a full collection (see nexus_streams/runtime.py)"
+    )
+    gc_full_interval_s: float = Field(
+        default=900.0, ge=0, description="seconds between complete collections of frozen objects; 0: never"
+    )
+    loop_stall_warn_ms: float = Field(
+        default=250.0,
+        ge=0,
+        description="log where the event loop is when it has not run for this long; 0: off",
+    )
     web_port: int = Field(default=6066, description="Faust's web server port")
     web_enabled: bool = False
     metrics_port: int = Field(default=9464, description="Prometheus /metrics port; 0 disables")

@@ -35,6 +35,7 @@ from nexus_streams.metrics import Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
 from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
+from nexus_streams.runtime import GcEpochs, GcSettings, LoopWatch
 from nexus_streams.service import Limits, NamespaceService, Reply
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import ExecutionRecord, PatternStore
@@ -145,6 +146,9 @@ class NamespaceActor:
         self._changelog = ChangelogWrites(self.tables.state)
         self._statistics: Batches[ExecutionRecord] = Batches("nexus-statistics", self._record)
         self.watch = InputWatch(app, metrics)
+        self.gc = GcEpochs(
+            GcSettings(settings.gc_threshold0, settings.gc_freeze, settings.gc_full_interval_s)
+        )
         #: the input topics whose partitions `watch` looks after (the pattern agent's too)
         self.input_topics = {
             settings.topic(spec.name) for spec in (RELATIONSHIPS, QUERIES, EXECUTIONS, PATTERNS)
@@ -167,6 +171,7 @@ class NamespaceActor:
             self._load(kind, rest, value)
         service.sort_requests()
         self._resume_sent.clear()
+        self.gc.settle()  # the rebuilt graphs are long-lived: no later collection walks them
         log.info(
             "graphs rebuilt in %.2fs: %d namespaces, %d relationships",
             time.perf_counter() - started,
@@ -427,6 +432,9 @@ class NamespaceActor:
         wake waiting executions whose time has come (after a restart, or if a wake-up was lost)."""
         for reply in self.service.release_overdue():
             await self.complete(reply, time.perf_counter())
+        collected = self.gc.maybe_end_epoch()
+        if collected is not None:
+            log.info("complete garbage collection (end of an epoch) in %.0f ms", collected * 1000)
         now = self.service.clock()
         self.metrics.executions_in_flight.set(len(self.service.executions.waiting))
         # observability: graph size gauges (throttled inside) and consumer lag
@@ -547,9 +555,15 @@ async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None
         await consumer.stop()
 
 
-async def _install_task_dump(app: faust.App) -> None:
-    # `kill -USR1`: where every task waits, and the consumer's partitions (docs/observability.md)
-    install_task_dump(partial(consumer_state, app), cast(Any, app).nexus_actor.watch.describe)
+async def _install_runtime(app: faust.App, settings: Settings, metrics: Metrics) -> None:
+    """Process-wide hygiene (nexus_streams/runtime.py, docs/observability.md)."""
+    actor = cast(Any, app).nexus_actor
+    # `kill -USR1`: where every task waits, and the consumer's partitions
+    install_task_dump(partial(consumer_state, app), actor.watch.describe)
+    actor.gc.install()
+    LoopWatch(metrics.loop_lag.observe, warn_s=settings.loop_stall_warn_ms / 1000).start(
+        asyncio.get_running_loop()
+    )
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
@@ -582,7 +596,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app.agent(actor.topics[PATTERNS], name="apply_pattern_commands")(patterns.process)
     app.task(patterns.register_system_patterns)
     app.task(partial(follow_pattern_events, settings, cache))
-    app.task(partial(_install_task_dump, app))
+    app.task(partial(_install_runtime, app, settings, metrics))
     app.nexus_actor = actor  # type: ignore[attr-defined]
     app.nexus_patterns = patterns  # type: ignore[attr-defined]
     return app
