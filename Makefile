@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STACK := bash scripts/stack.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install stack-up stack-down stack-status demo test test-unit test-integration lint topics-gen worker clean bench
+.PHONY: help install stack-up stack-down stack-reset stack-status demo test test-unit test-integration lint topics-gen worker clean bench
 
 help:
 	@echo "make demo          install, start the local stack, run a worker, send one command"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-unit     unit tests only (no services)"
 	@echo "make lint          ruff and mypy, as CI runs them"
 	@echo "make stack-up | stack-down | stack-status   local Kafka (KRaft) + Redis on 127.0.0.1"
+	@echo "make stack-reset   stop the local stack and delete its data (every topic and key)"
 	@echo "make worker        run a worker against the local stack"
 	@echo "make topics-gen    regenerate topics/ from the pydantic models"
 
@@ -28,6 +29,9 @@ install: $(STAMP)
 
 stack-up:
 	@$(STACK) up
+
+stack-reset:
+	@$(STACK) reset
 
 stack-down:
 	@$(STACK) down

@@ -224,6 +224,8 @@ class Driver:
         self.answers: dict[bytes, dict[str, Any]] = {}  # results of requests sent with keep=True
         self._keep: set[bytes] = set()
         self._cpu: CpuMeter | None = None
+        #: (rate, phase) of the --also-rate phases
+        self.extra: list[tuple[float, Phase]] = []
 
     async def start(self) -> None:
         await self.producer.start()
@@ -473,16 +475,9 @@ async def delete_everything(
     bootstrap: str, redis_url: str, prefixes: tuple[str, ...], groups: list[str]
 ) -> None:
     """The run's topics (public, changelog, Faust-internal), consumer groups and Redis keys."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefixes)]
-        if doomed:
-            await admin.delete_topics(doomed)
-        with contextlib.suppress(Exception):
-            await admin.delete_consumer_groups(groups)
-    finally:
-        await admin.close()
+    from nexus_streams.streams.admin import delete_topics_with_prefixes
+
+    await delete_topics_with_prefixes(bootstrap, prefixes, groups)
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(redis_url)
@@ -527,6 +522,17 @@ async def echo_loop(bootstrap: str, source: str, sink: str, group: str) -> None:
 def spread(namespaces: list[str], partitions: int) -> int:
     """Partitions the namespaces land on (the producers' murmur2 partitioner)."""
     return len({(murmur2(ns.encode()) & 0x7FFFFFFF) % partitions for ns in namespaces})
+
+
+LEGS = ("send -> worker starts it", "worker: start -> result produced", "result produced -> arrival")
+
+
+def latency_pair_s(sorted_s: list[float]) -> str:
+    return f"{percentile(sorted_s, 0.5):.1f} / {percentile(sorted_s, 0.99):.1f}"
+
+
+def latency_pair(phase: Phase) -> str:
+    return latency_pair_s(phase.latencies)
 
 
 def latency_rows(report: Report, label: str, phase: Phase, goals: bool) -> tuple[float, float]:
@@ -681,6 +687,11 @@ async def measure_pattern(
         await setup_graph(driver, relationships, pool, int(rate * args.seconds) + 100)
     note(f"pattern: {top.throughput():,.0f}/s; steady {rate:,.0f}/s for {args.seconds:g} s")
     half = await steady(driver, make, rate, args.seconds, sample_every=args.sample_every)
+    for extra in args.also_rate:
+        if extra * args.seconds > pool.available:
+            await setup_graph(driver, relationships, pool, int(extra * args.seconds) + 100)
+        note(f"pattern: steady {extra:,.0f}/s for {args.seconds:g} s (--also-rate)")
+        driver.extra.append((extra, await steady(driver, make, extra, args.seconds, args.sample_every)))
     return warm, top, half
 
 
@@ -729,11 +740,15 @@ async def run_pattern(
     cpu_rows(report, "worker", half, rate)
     if half.legs:
         legs = list(zip(*half.legs, strict=True))
-        names = ("send -> worker starts it", "worker: start -> result produced", "result produced -> arrival")
         report.add(f"  latency by leg, {len(half.legs)} sampled results, p50 / p99 (ms, ms clocks)", "")
-        for name, leg in zip(names, legs, strict=True):
-            s = sorted(leg)
-            report.add(f"    {name}", f"{percentile(s, 0.5):.1f} / {percentile(s, 0.99):.1f}")
+        for name, leg in zip(LEGS, legs, strict=True):
+            report.add(f"    {name}", latency_pair_s(sorted(leg)))
+    for extra, phase in driver.extra:
+        report.add(f"  at {extra:,.0f}/s (--also-rate): p50 / p99 latency (ms)", latency_pair(phase))
+        for name, leg in zip(LEGS, zip(*phase.legs, strict=True), strict=True):
+            report.add(f"    {name}", latency_pair_s(sorted(leg)))
+        half.errors += phase.errors
+        half.lost += phase.lost
     errors = sum(p.errors + p.lost for p in (warm, top, half))
     report.add("errors (error results, lost, failed sends)", str(errors), "0", errors == 0)
     for sample in (warm.error_samples + top.error_samples + half.error_samples)[:5]:
@@ -790,6 +805,15 @@ def main() -> None:
     parser.add_argument("--echo-calibration", type=int, default=5000, help="first echo burst (count)")
     parser.add_argument("--pattern-calibration", type=int, default=1000, help="first execution burst")
     parser.add_argument("--sample-every", type=int, default=10, help="decompose every n-th latency")
+    parser.add_argument(
+        "--also-rate",
+        type=float,
+        action="append",
+        default=[],
+        metavar="RATE",
+        help="after the half-rate phase, one more steady phase at RATE executions/s (repeatable): "
+        "latency against load, reported but not judged",
+    )
     parser.add_argument("--profile", help="run the worker under cProfile, writing this file")
     parser.add_argument(
         "--worker-tree",

@@ -5,6 +5,8 @@
 #   scripts/stack.sh up       start what is not running, wait until both answer, print the settings
 #   scripts/stack.sh down     stop both
 #   scripts/stack.sh status   say what runs
+#   scripts/stack.sh reset    stop both and delete their data (every topic, group and key): a
+#                             broker that kept thousands of test partitions is slower to work with
 #   scripts/stack.sh env      print the settings (shell `export` lines) without starting anything
 #
 # Settings (environment):
@@ -220,6 +222,15 @@ cmd_down() {
   stop_pid redis "$stack_dir/redis.pid"
 }
 
+cmd_reset() {
+  if [ -n "$external_kafka" ] || [ -n "$external_redis" ]; then
+    die "reset deletes the local stack's data only; unset NEXUS_KAFKA_BOOTSTRAP / NEXUS_REDIS_URL"
+  fi
+  cmd_down
+  rm -rf "$stack_dir/kafka/data" "$stack_dir/redis"
+  log "data deleted ($stack_dir/kafka/data, $stack_dir/redis); \`up\` starts an empty stack"
+}
+
 cmd_status() {
   local rc=0
   if [ -n "$external_kafka" ]; then echo "kafka: external $external_kafka"
@@ -235,6 +246,7 @@ case ${1:-} in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  reset) cmd_reset ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|reset|env" >&2; exit 2 ;;
 esac

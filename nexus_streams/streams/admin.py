@@ -88,3 +88,25 @@ async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str,
         if meta.get("error_code", 0) == 0 and meta.get("partitions"):
             found[meta["topic"]] = len(meta["partitions"])
     return found
+
+
+async def delete_topics_with_prefixes(
+    bootstrap: str, prefixes: tuple[str, ...], groups: list[str] | None = None, timeout_s: float = 60.0
+) -> list[str]:
+    """Delete every topic whose name starts with one of `prefixes` (public, changelog and Faust's
+    internal topics of a run), and the consumer `groups`; returns the topics deleted. For tests
+    and benchmarks that leave the broker as they found it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefixes))
+        if doomed:
+            await admin.delete_topics(doomed)
+        if groups:
+            try:
+                await admin.delete_consumer_groups(groups)
+            except Exception as exc:  # a group that never committed does not exist: nothing to do
+                log.debug("deleting consumer groups %s: %r", groups, exc)
+        return doomed
+    finally:
+        await admin.close()

@@ -119,7 +119,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: run ids of this session's workers: their topics and groups are deleted when the session ends
+RUN_IDS: set[str] = set()
+
+
 def worker_env(kafka_bootstrap: str, redis_url: str, run_id: str) -> dict[str, str]:
+    RUN_IDS.add(run_id)
     return {
         **os.environ,
         "NEXUS_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -199,6 +204,21 @@ async def own_worker(
         worker.stop()
         worker.remove_data()
         await wire.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def delete_run_topics(kafka_bootstrap: str) -> AsyncIterator[None]:
+    """Leave the broker as the session found it: a broker that kept every test's partitions
+    (thousands after a few runs) grows slow (docs/observability.md, "A slow worker")."""
+    yield
+    from nexus_streams.streams.admin import delete_topics_with_prefixes
+
+    runs = sorted(RUN_IDS)
+    await delete_topics_with_prefixes(
+        kafka_bootstrap,
+        tuple(f"t-{r}." for r in runs) + tuple(f"nexus-test-{r}-" for r in runs),
+        [f"nexus-test-{r}" for r in runs],
+    )
 
 
 @pytest.fixture(scope="session")
