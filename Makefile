@@ -19,7 +19,8 @@ help:
 	@echo "make worker        run a worker against the local stack"
 	@echo "make topics-gen    regenerate topics/ from the pydantic models"
 
-$(STAMP): pyproject.toml
+# setup.py and the C source too: a changed extension is rebuilt
+$(STAMP): pyproject.toml setup.py nexus_streams/domain/_pathcore.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

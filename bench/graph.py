@@ -7,6 +7,10 @@ One namespace of random `user:N`, `wallet:N`, `group:N` entities (about half as 
 relationships): users own wallets (35%), join groups whose popularity is skewed (35%), are linked
 to users or wallets to wallets (25%), and groups form a parent hierarchy (5%). Needs igraph and
 networkx; reads memory from /proc/self/statm (Linux) or psutil. About 3-5 minutes on 2 cores.
+
+find_path runs its C search when the extension is built (algorithms.NATIVE), and the table says
+so; the Python search is then timed on the same pairs too. NEXUS_STREAMS_PURE_PYTHON=1 runs the
+whole benchmark with the Python search.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from typing import Any
 import networkx as nx
 from report import Report  # bench/report.py: the table both benchmarks print
 
-from nexus_streams.domain import analysis
+from nexus_streams.domain import algorithms, analysis
 from nexus_streams.domain.algorithms import (
     find_path,
     resolve_dependencies,
     traverse,
+    use_native,
 )
 from nexus_streams.domain.errors import ResourceLimit
 from nexus_streams.domain.index import TYPES_BY_CODE, GraphIndex
@@ -283,11 +288,27 @@ def bench_find_path(report: Report, index: GraphIndex, pairs: dict[str, list[tup
     ours["all"] = (sorted(ours["connected"][0] + ours["random"][0]), [])
     found = sum(x >= 0 for x in ours["connected"][1]) + sum(x >= 0 for x in ours["random"][1])
     total = sum(map(len, pairs.values()))
-    report.section(f"find_path max_depth=3, {total:,} pairs ({found:,} with a path)")
+    search = "C search (_pathcore)" if algorithms.NATIVE else "pure-Python search"
+    report.section(f"find_path max_depth=3, {total:,} pairs ({found:,} with a path), {search}")
     for label in ("connected", "random", "all"):
         samples = ours[label][0]
         p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
         report.add(f"ours p50 / p99, {label} pairs (us)", f"{p50:.1f} / {p99:.1f}", "p50 <= 50", p50 <= 50)
+    if algorithms.NATIVE:  # the fallback on the same pairs (NEXUS_STREAMS_PURE_PYTHON=1 runs only it)
+        use_native(False)
+        try:
+            python = {label: time_ours(index, some) for label, some in pairs.items()}
+        finally:
+            use_native(True)
+        for label, (samples, lengths) in python.items():
+            if lengths != ours[label][1]:
+                raise SystemExit(f"the C and Python searches disagree on {label} pairs")
+            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+            ratio = p50 / percentile(ours[label][0], 0.5)
+            report.add(
+                f"  the Python search, {label}: p50 / p99 (us), C speed-up",
+                f"{p50:.1f} / {p99:.1f}, {ratio:.1f}x",
+            )
     return ours
 
 

@@ -5,16 +5,24 @@ strings and RelationshipKeys only for its answer. Each is bounded (depth, a resu
 visit limit) and raises `ResourceLimit` rather than answering partially, so the work one call can
 do on the event loop is capped. Whole-graph questions belong to domain/analysis.py.
 
-Measured at 1M relationships on a busy 2-core machine (bench/graph.py): find_path max_depth=3
-~12 us at p50 for pairs within 3 hops, ~15 us for random pairs (about as fast as networkx's
-bidirectional search giving the same answer on the first, 6x faster than its best bounded
-query on the second); a search that exhausts its visit limit costs ~0.8 us per visited entity
-(BFS) or ~1.5 us (DFS), so the visit limit, not the depth, bounds the longest step: ~50k fits
-50 ms. In find_path, building the answer (Path, RelationshipKeys) costs about as much as the
-search on a near pair: hence relationships.make_key and _new_path."""
+find_path's search runs in C when the extension is built (domain/_pathcore.c, `NATIVE`): the
+same bidirectional BFS over the same lists and arrays, giving the same answers and errors
+(tests/unit/test_pathcore.py). `_find_path` below is the Python reference and the fallback (no
+C compiler at install, or NEXUS_STREAMS_PURE_PYTHON=1). Why C: on a near pair the Python search
+does what networkx's does, so it cannot be much faster than it; in C a near pair costs about
+the handful of cache misses that reaching both ends' arrays takes.
+
+Measured at 1M relationships on a 2-core machine (bench/graph.py), find_path max_depth=3 at p50:
+~2.3 us for pairs within 3 hops and ~2.7 us for random pairs in C, ~7 / ~10 us in Python
+(networkx: ~8 us bidirectional on the first, ~100 us for its best bounded query on the second).
+A search that exhausts its visit limit costs ~0.1 us per visited entity in C (~0.8 in Python)
+and resolve_dependencies' DFS ~1.2 us, so the visit limit, not the depth, bounds the longest step:
+~50k fits 50 ms. In the Python find_path, building the answer (Path, RelationshipKeys) costs about
+as much as the search on a near pair: hence relationships.make_key and _new_path."""
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +32,10 @@ from nexus_streams.domain.errors import CycleDetected, ResourceLimit, Validation
 from nexus_streams.domain.index import TYPES_BY_CODE, Direction, GraphIndex, _steps
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, make_key, parse_type
 
+#: set to 1 to run find_path's pure-Python search even where the C extension is built
+PURE_PYTHON_ENV = "NEXUS_STREAMS_PURE_PYTHON"
+
+
 #: every code stored in the arrays (child is never stored), in the order paths prefer them
 _CODE_ORDER = (0, 1, 2, 3)
 _ALL_CODES = frozenset(_CODE_ORDER)
@@ -31,6 +43,10 @@ _ALL_CODES = frozenset(_CODE_ORDER)
 DEFAULT_DEPENDENCY_TYPES = (RelationType.OWNER, RelationType.MEMBER, RelationType.PARENT)
 
 _Arrays: TypeAlias = "list[array[int] | None]"
+#: GraphIndex.tables: ids, names, out-arrays, in-arrays
+_Tables: TypeAlias = "tuple[dict[str, int], list[str | None], _Arrays, _Arrays]"
+#: _pathcore.find_path(tables, source, target, max_depth, out_mask, in_mask, visit_limit)
+_NativeFindPath: TypeAlias = "Callable[[_Tables, str, str, int, int, int, int], Path | None]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,9 @@ class _Codes(NamedTuple):
     #: the same in the order paths prefer them (the lowest code first)
     out_order: tuple[int, ...]
     in_order: tuple[int, ...]
+    #: the same as bit masks (bit c: code c), for the C search
+    out_mask: int
+    in_mask: int
 
 
 _STEP_CACHE: dict[tuple[Direction, frozenset[RelationType] | None], _Codes] = {}
@@ -130,6 +149,8 @@ def _step_codes(direction: Direction, wanted: frozenset[RelationType] | None) ->
             _filter(in_codes),
             tuple(c for c in _CODE_ORDER if c in out_codes),
             tuple(c for c in _CODE_ORDER if c in in_codes),
+            sum(1 << c for c in out_codes),
+            sum(1 << c for c in in_codes),
         )
         _STEP_CACHE[key] = codes
     return codes
@@ -167,7 +188,7 @@ def _name(names: list[str | None], node: int) -> str:
 # ------------------------------------------------------------------------------- find_path
 
 
-def find_path(  # noqa: C901 - the first level is inlined: it answers most near pairs alone
+def find_path(
     index: GraphIndex,
     source: str,
     target: str,
@@ -188,6 +209,9 @@ def find_path(  # noqa: C901 - the first level is inlined: it answers most near 
 
     Of several shortest paths, the first the search meets; between two entities of the path,
     the relationship along the out-array first, then the lowest type code (see `_path`).
+
+    The search runs in C when the extension is built (`NATIVE`), else in Python (`_find_path`,
+    the reference): the same answers and errors.
     """
     if max_depth < 0:
         _check_depth(max_depth)
@@ -195,9 +219,25 @@ def find_path(  # noqa: C901 - the first level is inlined: it answers most near 
         codes = _BOTH_ALL
     else:
         codes = _step_codes(direction, None if types is None else _type_set(types))
+    if _native_find_path is not None:
+        return _native_find_path(
+            index.tables, source, target, max_depth, codes.out_mask, codes.in_mask, visit_limit
+        )
+    return _find_path(index.tables, source, target, max_depth, codes, visit_limit)
+
+
+def _find_path(  # noqa: C901 - the first level is inlined: it answers most near pairs alone
+    tables: _Tables,
+    source: str,
+    target: str,
+    max_depth: int,
+    codes: _Codes,
+    visit_limit: int,
+) -> Path | None:
+    """The search of find_path in Python (arguments checked, types read as `codes`)."""
     if source == target:
         return _new_path([source], [])
-    ids, names, outs, ins = index.tables
+    ids, names, outs, ins = tables
     s = ids.get(source)
     t = ids.get(target)
     if s is None or t is None or not max_depth:
@@ -258,6 +298,47 @@ def _over_limit(visit_limit: int, visited: int) -> NoReturn:
         visited=visited,
         limit=visit_limit,
     )
+
+
+# ------------------------------------------------------------------- the C search (optional)
+
+#: whether find_path runs its search in C (nexus_streams/domain/_pathcore.c); see use_native
+NATIVE = False
+_native_find_path: _NativeFindPath | None = None
+
+
+def _load_native() -> _NativeFindPath | None:
+    """The C search, unless the environment asks for pure Python or it was not built (no C
+    compiler at install time)."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from nexus_streams.domain import _pathcore
+    except ImportError:
+        return None
+    _pathcore.configure(Path, RelationshipKey, _TYPES, _over_limit)
+    return _pathcore.find_path
+
+
+_NATIVE_SEARCH = _load_native()
+#: whether the C search is there to use (built, and not turned off by NEXUS_STREAMS_PURE_PYTHON)
+NATIVE_AVAILABLE = _NATIVE_SEARCH is not None
+
+
+def use_native(enabled: bool) -> None:
+    """Run find_path's search in C or in Python: tests and bench/graph.py compare the two.
+
+    Raises RuntimeError when asked for C where it is not available (NATIVE_AVAILABLE)."""
+    global NATIVE, _native_find_path
+    if enabled and _NATIVE_SEARCH is None:
+        raise RuntimeError(
+            f"the C search of find_path is not available (not built, or {PURE_PYTHON_ENV} is set)"
+        )
+    _native_find_path = _NATIVE_SEARCH if enabled else None
+    NATIVE = enabled
+
+
+use_native(NATIVE_AVAILABLE)
 
 
 def _path(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import networkx as nx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nexus_streams.domain import algorithms
 from nexus_streams.domain.algorithms import (
     Path,
     Traversal,
@@ -17,6 +18,7 @@ from nexus_streams.domain.algorithms import (
     find_path,
     resolve_dependencies,
     traverse,
+    use_native,
 )
 from nexus_streams.domain.analysis import capture, detect_cycles_all
 from nexus_streams.domain.errors import (
@@ -98,6 +100,19 @@ def assert_preferred_keys(
 
 # --------------------------------------------------------------------------- find_path
 
+
+@pytest.fixture(params=["c", "python"])
+def search(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a find_path test with the C search and with the Python one (the reference)."""
+    native = request.param == "c"
+    if native and not algorithms.NATIVE_AVAILABLE:
+        pytest.skip("the C search is not built, or turned off")
+    before = algorithms.NATIVE
+    use_native(native)
+    yield request.param
+    use_native(before)
+
+
 CHAIN = graph(
     ("user:1", OWNER, "wallet:1"),
     ("user:2", OWNER, "wallet:1"),
@@ -134,6 +149,7 @@ FIND_PATH_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("search")
 @pytest.mark.parametrize(
     ("source", "target", "max_depth", "direction", "types", "expected"), FIND_PATH_CASES, ids=repr
 )
@@ -155,6 +171,7 @@ def test_find_path__table(
     assert_preferred_keys(keys_in(CHAIN), path, direction, types)
 
 
+@pytest.mark.usefixtures("search")
 def test_find_path__relationships__are_canonical_keys_in_path_order() -> None:
     path = find_path(CHAIN, "user:3", "org:1", max_depth=5)
     assert path == Path(
@@ -171,6 +188,7 @@ def star(hub: str, leaves: int) -> GraphIndex:
     return graph(*((hub, OWNER, f"leaf:{i}") for i in range(leaves)))
 
 
+@pytest.mark.usefixtures("search")
 def test_find_path__visit_limit__raises_resource_limit() -> None:
     index = star("hub", 50)
     index.add(K("far:1", OWNER, "far:2"))
@@ -183,12 +201,14 @@ def test_find_path__visit_limit__raises_resource_limit() -> None:
     assert find_path(index, "leaf:0", "far:1", max_depth=10, visit_limit=100) is None
 
 
+@pytest.mark.usefixtures("search")
 def test_find_path__visit_limit__not_reached_when_the_path_is_found_first() -> None:
     index = star("hub", 50)
     path = find_path(index, "leaf:0", "leaf:1", max_depth=2, visit_limit=3)
     assert path is not None and path.entities == ["leaf:0", "hub", "leaf:1"]
 
 
+@pytest.mark.usefixtures("search")
 @pytest.mark.parametrize(
     ("max_depth", "limit", "visited"),
     [(2, 20, 52), (2, 51, 52), (2, 52, None), (3, 51, 52), (3, 52, 53), (3, 53, None), (10, 52, 53)],
@@ -219,6 +239,7 @@ PARALLEL = graph(
 )
 
 
+@pytest.mark.usefixtures("search")
 @pytest.mark.parametrize(
     ("source", "target", "direction", "types", "expected"),
     [
@@ -250,6 +271,7 @@ def test_find_path__parallel_relationships__out_array_first_then_lowest_type(
     assert_preferred_keys(keys_in(PARALLEL), path, direction, types)
 
 
+@pytest.mark.usefixtures("search")
 def test_find_path__answer__plain_path_and_keys() -> None:
     path = find_path(CHAIN, "user:1", "wallet:1", max_depth=1)
     assert type(path) is Path and type(path.relationships[0]) is RelationshipKey
@@ -266,6 +288,7 @@ def test_make_key__same_as_the_constructor() -> None:
         key.source = "user:2"  # type: ignore[misc]
 
 
+@pytest.mark.usefixtures("search")
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"max_depth": -1}, "max_depth"), ({"max_depth": 2, "types": []}, "types")],
@@ -486,7 +509,8 @@ acyclic_type_sets = st.none() | st.sets(st.sampled_from([OWNER, MEMBER, PARENT, 
 entities = st.sampled_from([*ENTITIES, "nobody"])
 
 
-@settings(max_examples=400, deadline=None)
+@pytest.mark.usefixtures("search")
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(random_keys(), entities, entities, st.integers(0, 5), directions, type_sets)
 def test_find_path__shortest_within_max_depth__like_networkx(
     keys: list[RelationshipKey],
@@ -593,6 +617,7 @@ def assert_cycle(g: nx.DiGraph, cycle: list[str]) -> None:
         assert g.has_edge(a, b)
 
 
+@pytest.mark.usefixtures("search")
 def test_find_path__types_given_as_strings__read_like_the_members() -> None:
     path = find_path(CHAIN, "user:3", "user:2", max_depth=1, direction=OUT, types=["linked"])  # type: ignore[list-item]
     assert path is not None and path.entities == ["user:3", "user:2"]

@@ -1,0 +1,137 @@
+"""The C search of find_path (domain/_pathcore.c) answers exactly what the Python one answers:
+the same path among equal ones, the same relationships, the same ResourceLimit figures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nexus_streams.domain import algorithms
+from nexus_streams.domain.algorithms import Path, find_path, use_native
+from nexus_streams.domain.errors import NexusError
+from nexus_streams.domain.index import Direction, GraphIndex
+from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key
+from tests.unit.test_index import ENTITIES, index_of, random_keys
+
+native_only = pytest.mark.skipif(
+    not algorithms.NATIVE_AVAILABLE, reason="the C search is not built, or turned off"
+)
+
+
+@contextmanager
+def search_in(native: bool) -> Iterator[None]:
+    before = algorithms.NATIVE
+    use_native(native)
+    try:
+        yield
+    finally:
+        use_native(before)
+
+
+def outcome(index: GraphIndex, source: str, target: str, native: bool, **kwargs: object) -> object:
+    """The answer, or the error as (class, message, details)."""
+    with search_in(native):
+        try:
+            path = find_path(index, source, target, **kwargs)  # type: ignore[arg-type]
+        except NexusError as error:
+            return type(error), error.message, error.details
+    if path is not None:
+        assert type(path) is Path
+        assert all(type(key) is RelationshipKey for key in path.relationships)
+        assert all(type(name) is str for name in path.entities)
+    return path
+
+
+def assert_same(index: GraphIndex, source: str, target: str, **kwargs: object) -> object:
+    native = outcome(index, source, target, True, **kwargs)
+    python = outcome(index, source, target, False, **kwargs)
+    assert native == python
+    return native
+
+
+def test_pathcore__built_in_the_dev_install() -> None:
+    """`pip install -e .` builds the extension where a compiler is (CI notices a fallback)."""
+    if os.environ.get(algorithms.PURE_PYTHON_ENV, "") not in ("", "0"):
+        assert not algorithms.NATIVE and not algorithms.NATIVE_AVAILABLE
+        return
+    assert algorithms.NATIVE_AVAILABLE and algorithms.NATIVE
+
+
+def test_use_native__unavailable__raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(algorithms, "_NATIVE_SEARCH", None)
+    with pytest.raises(RuntimeError, match=algorithms.PURE_PYTHON_ENV):
+        use_native(True)
+
+
+directions = st.sampled_from(list(Direction))
+type_sets = st.none() | st.sets(st.sampled_from(list(RelationType)), min_size=1)
+entities = st.sampled_from([*ENTITIES, "nobody"])
+limits = st.integers(0, 12) | st.just(100_000)
+
+
+@native_only
+@settings(max_examples=1500, deadline=None)
+@given(random_keys(), entities, entities, st.integers(0, 4), directions, type_sets, limits)
+def test_pathcore__same_answers_and_errors_as_python(
+    keys: list[RelationshipKey],
+    source: str,
+    target: str,
+    max_depth: int,
+    direction: Direction,
+    types: set[RelationType] | None,
+    visit_limit: int,
+) -> None:
+    index = index_of(keys)
+    assert_same(
+        index,
+        source,
+        target,
+        max_depth=max_depth,
+        direction=direction,
+        types=types,
+        visit_limit=visit_limit,
+    )
+
+
+def hub(leaves: int) -> GraphIndex:
+    """A hub with more entries than the C search reads without looking at the other end."""
+    keys = [canonical_key("hub", RelationType.OWNER, f"leaf:{i}") for i in range(leaves)]
+    keys += [canonical_key(f"leaf:{i}", RelationType.MEMBER, "hub") for i in range(0, leaves, 7)]
+    keys += [canonical_key(f"leaf:{i}", RelationType.LINKED, f"leaf:{i + 1}") for i in range(leaves - 1)]
+    keys += [canonical_key("far", RelationType.PARENT, "leaf:3")]
+    return index_of(keys)
+
+
+@native_only
+@pytest.mark.parametrize("direction", list(Direction))
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [("hub", "leaf:5"), ("leaf:5", "hub"), ("leaf:7", "leaf:299"), ("far", "hub"), ("hub", "far")],
+)
+@pytest.mark.parametrize("visit_limit", [5, 300, 100_000])
+def test_pathcore__hub__same_answers_as_python(
+    direction: Direction, source: str, target: str, visit_limit: int
+) -> None:
+    index = hub(300)
+    for max_depth in range(5):
+        assert_same(index, source, target, max_depth=max_depth, direction=direction, visit_limit=visit_limit)
+
+
+@native_only
+def test_pathcore__long_path__same_answer_as_python() -> None:
+    index = index_of(canonical_key(f"n{i}", RelationType.OWNER, f"n{i + 1}") for i in range(40))
+    path = assert_same(index, "n0", "n40", max_depth=100)
+    assert isinstance(path, Path) and len(path.relationships) == 40
+
+
+@native_only
+def test_pathcore__not_tables__type_error() -> None:
+    from nexus_streams.domain import _pathcore
+
+    with pytest.raises(TypeError):
+        _pathcore.find_path(({}, [], [], None), "a", "b", 3, 15, 15, 10)  # type: ignore[arg-type]
