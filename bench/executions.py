@@ -516,6 +516,44 @@ async def echo_loop(bootstrap: str, source: str, sink: str, group: str) -> None:
         await producer.stop()
 
 
+def faust_echo(bootstrap: str, source: str, sink: str, group: str, partitions: int, datadir: str) -> None:
+    """A Faust agent that forwards every message of `source` unchanged to `sink`: what the
+    framework itself costs per message, with no work on it (the worker's agents run on Faust)."""
+    import faust
+
+    app = faust.App(
+        group,
+        broker=f"kafka://{bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        producer_acks=-1,
+        topic_partitions=partitions,
+        web_enabled=False,
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+        datadir=datadir,
+    )
+    Path(datadir).mkdir(parents=True, exist_ok=True)
+    inbound, outbound = app.topic(source), app.topic(sink)
+
+    async def forward(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            await outbound.send(key=message.key, value=message.value, headers=list(message.headers or ()))
+
+    app.agent(inbound, name="forward")(forward)
+    parent = os.getppid()
+
+    async def orphaned() -> None:  # never outlive the benchmark
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    app.task(orphaned)
+    # loglevel INFO: at WARNING Faust's spinner sets the root logger to DEBUG (see worker_env)
+    faust.Worker(app, loglevel="INFO", quiet=True).execute_from_commandline()
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -550,13 +588,37 @@ def latency_rows(report: Report, label: str, phase: Phase, goals: bool) -> tuple
     return p50, p99
 
 
-async def run_echo(args: argparse.Namespace, run_id: str, report: Report, namespaces: list[str]) -> float:
-    prefix = f"bench-{run_id}."
-    source, sink = f"{prefix}echo.in", f"{prefix}echo.out"
+@dataclass(frozen=True)
+class EchoKind:
+    #: the --flag that runs it as a child process, a label, the report's section title
+    flag: str
+    label: str
+    title: str
+
+
+AIOKAFKA_ECHO = EchoKind("--echo", "echo", "baseline: aiokafka echo loop ({partitions} partitions, acks=all)")
+FAUST_ECHO = EchoKind(
+    "--faust-echo",
+    "faust echo",
+    "reference: Faust agent echo ({partitions} partitions, acks=all), the framework's own cost",
+)
+
+
+async def run_echo(
+    args: argparse.Namespace,
+    run_id: str,
+    report: Report,
+    namespaces: list[str],
+    kind: EchoKind = AIOKAFKA_ECHO,
+) -> float:
+    slug = kind.flag.strip("-")
+    prefix = f"bench-{run_id}.{slug}."
+    source, sink = f"{prefix}in", f"{prefix}out"
     await create_topics(args.bootstrap, [source, sink], args.partitions)
-    argv = [sys.executable, __file__, "--echo", source, sink, "--group", f"nexus-bench-{run_id}-echo"]
-    argv += ["--bootstrap", args.bootstrap]
-    echo = Process(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, LOG_DIR / f"bench-{run_id}-echo.log")
+    argv = [sys.executable, __file__, kind.flag, source, sink, "--group", f"nexus-bench-{run_id}-{slug}"]
+    argv += ["--bootstrap", args.bootstrap, "--partitions", str(args.partitions)]
+    argv += ["--data-dir", str(REPO / ".stack" / f"bench-data-{run_id}" / slug)]
+    echo = Process(argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, LOG_DIR / f"bench-{run_id}-{slug}.log")
     driver = Driver(args.bootstrap, sink, check_status=False)
     driver.server_pid = echo.proc.pid
     pool = PairPool(namespaces)
@@ -569,20 +631,21 @@ async def run_echo(args: argparse.Namespace, run_id: str, report: Report, namesp
         await driver.start()
         await wait_until_answering(driver, echo, make, lambda _: True)
         _, top, half = await max_then_half(
-            report, "echo", driver, make, args.echo_calibration, args.max_seconds, args.seconds
+            report, kind.label, driver, make, args.echo_calibration, args.max_seconds, args.seconds
         )
     finally:
         try:
             await driver.stop()
         finally:
             echo.stop()
-    report.section(f"baseline: aiokafka echo loop ({args.partitions} partitions, acks=all)")
-    report.add("echo max throughput (msgs/s)", f"{top.throughput():,.0f}")
+    label = kind.label
+    report.section(kind.title.format(partitions=args.partitions))
+    report.add(f"{label} max throughput (msgs/s)", f"{top.throughput():,.0f}")
     report.add(f"  burst of {top.sent:,}, generator enqueue rate (msgs/s)", f"{enqueue_rate(top):,.0f}")
-    cpu_rows(report, "echo process", top, top.throughput())
-    latency_rows(report, "echo", half, goals=False)
-    cpu_rows(report, "echo process", half, half.sent / args.seconds)
-    report.add("  echo lost at half rate", str(half.lost + top.lost))
+    cpu_rows(report, f"{label} process", top, top.throughput())
+    latency_rows(report, label, half, goals=False)
+    cpu_rows(report, f"{label} process", half, half.sent / args.seconds)
+    report.add(f"  {label} lost at half rate", str(half.lost + top.lost))
     return top.throughput()
 
 
@@ -696,7 +759,12 @@ async def measure_pattern(
 
 
 async def run_pattern(
-    args: argparse.Namespace, run_id: str, report: Report, namespaces: list[str], echo_max: float
+    args: argparse.Namespace,
+    run_id: str,
+    report: Report,
+    namespaces: list[str],
+    echo_max: float,
+    faust_max: float | None,
 ) -> None:
     from nexus_streams.settings import Settings
     from nexus_streams.streams.admin import ensure_topics
@@ -734,6 +802,11 @@ async def run_pattern(
     cpu_rows(report, "worker", top, throughput)
     ratio = throughput / echo_max
     report.add("pattern / echo max throughput", f"{ratio:.3f}x", ">= 0.5x", ratio >= 0.5)
+    if faust_max:
+        report.add("  pattern / faust echo max throughput", f"{throughput / faust_max:.3f}x")
+        report.add(
+            "  faust echo / echo max throughput (the framework's ceiling)", f"{faust_max / echo_max:.3f}x"
+        )
     rate = half.sent / args.seconds
     report.add("  steady rate (executions/s)", f"{rate:,.0f}")
     latency_rows(report, "pattern", half, goals=True)
@@ -777,11 +850,12 @@ async def main_async(args: argparse.Namespace) -> int:
     namespaces = [f"ns-{i:03d}" for i in range(args.namespaces)]
     report = Report()
     prefixes = (f"bench-{run_id}.", f"nexus-bench-{run_id}")
-    groups = [f"nexus-bench-{run_id}", f"nexus-bench-{run_id}-echo"]
+    groups = [f"nexus-bench-{run_id}", f"nexus-bench-{run_id}-echo", f"nexus-bench-{run_id}-faust-echo"]
     note(f"run {run_id}: topics bench-{run_id}.*, logs in {LOG_DIR}/bench-{run_id}-*.log")
     try:
         echo_max = await run_echo(args, run_id, report, namespaces)
-        await run_pattern(args, run_id, report, namespaces, echo_max)
+        faust_max = await run_echo(args, run_id, report, namespaces, FAUST_ECHO) if args.faust_echo else None
+        await run_pattern(args, run_id, report, namespaces, echo_max, faust_max)
     finally:
         if not args.keep:
             shutil.rmtree(REPO / ".stack" / f"bench-data-{run_id}", ignore_errors=True)  # Faust's datadir
@@ -831,6 +905,14 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("NEXUS_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     parser.add_argument("--redis-url", default=os.environ.get("NEXUS_REDIS_URL", "redis://127.0.0.1:16379/0"))
     parser.add_argument("--echo", nargs=2, metavar=("SOURCE", "SINK"), help=argparse.SUPPRESS)
+    parser.add_argument("--faust-echo", dest="faust_echo_of", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-faust-echo",
+        dest="faust_echo",
+        action="store_false",
+        help="skip the Faust agent echo (the framework's own cost per message, a reference row)",
+    )
     parser.add_argument("--group", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for url in (args.bootstrap.split(",")[0], args.redis_url.split("//")[-1].split("/")[0]):
@@ -839,6 +921,9 @@ def main() -> None:
             parser.error(f"{url}: this benchmark only talks to 127.0.0.1")
     if args.echo:
         asyncio.run(echo_loop(args.bootstrap, args.echo[0], args.echo[1], args.group))
+        return
+    if args.faust_echo_of:
+        faust_echo(args.bootstrap, *args.faust_echo_of, args.group, args.partitions, args.data_dir)
         return
     sys.exit(asyncio.run(main_async(args)))
 
