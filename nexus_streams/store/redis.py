@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, WatchError
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, RedisError, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -393,10 +393,20 @@ class RedisPatternStore:
         calls = [self._record_call(r) for r in records]
 
         async def run() -> builtins.list[bool]:
-            # one round trip; each script call stays atomic (a pipeline, not a transaction)
+            # one round trip; each script call stays atomic (a pipeline, not a transaction). By
+            # its hash: a registered script in a pipeline costs a SCRIPT EXISTS round trip per
+            # pipeline (redis-py's load_scripts), so the script is loaded only when Redis says
+            # it does not know it (a restart, SCRIPT FLUSH); no call ran then, so none runs twice.
+            try:
+                return await pipeline()
+            except NoScriptError:
+                await self.redis.script_load(RECORD_EXECUTION_LUA)
+                return await pipeline()
+
+        async def pipeline() -> builtins.list[bool]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for script_keys, args in calls:
-                    await self._record(keys=script_keys, args=args, client=pipe)
+                    pipe.evalsha(self._record.sha, len(script_keys), *script_keys, *args)
                 return [bool(done) for done in await pipe.execute()]
 
         return await self._run("record_execution", run)

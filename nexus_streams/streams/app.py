@@ -65,6 +65,9 @@ from nexus_streams.topics import (
 )
 
 log = logging.getLogger(__name__)
+
+#: how long execution statistics wait for more to join their Redis pipeline
+STATISTICS_LINGER_S = 0.05
 T = TypeVar("T")
 
 
@@ -144,7 +147,11 @@ class NamespaceActor:
             "nexus-publisher", self._publish
         )
         self._changelog = ChangelogWrites(self.tables.state)
-        self._statistics: Batches[ExecutionRecord] = Batches("nexus-statistics", self._record)
+        #: Redis statistics: a pipeline per 50 ms at most (one per execution at a steady rate
+        #: cost 9% of the worker's main thread)
+        self._statistics: Batches[ExecutionRecord] = Batches(
+            "nexus-statistics", self._record, linger_s=STATISTICS_LINGER_S
+        )
         self.watch = InputWatch(app, metrics)
         self.gc = GcEpochs(
             GcSettings(settings.gc_threshold0, settings.gc_freeze, settings.gc_full_interval_s)

@@ -1,6 +1,7 @@
 """A background task that handles queued items in batches: whatever was queued while the
-previous batch was being handled. The namespace actor publishes replies and writes execution
-statistics to Redis this way, so the agent never waits for either."""
+previous batch was being handled (after waiting `linger_s` for more, when set). The namespace
+actor publishes replies and writes execution statistics to Redis this way, so the agent never
+waits for either."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ T = TypeVar("T")
 
 
 class Batches(Generic[T]):
-    def __init__(self, name: str, handle: Callable[[list[T]], Awaitable[None]]) -> None:
+    def __init__(
+        self, name: str, handle: Callable[[list[T]], Awaitable[None]], linger_s: float = 0.0
+    ) -> None:
         self.name = name
         self.handle = handle
+        self.linger_s = linger_s
         self._queued: list[T] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -33,6 +37,8 @@ class Batches(Generic[T]):
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
+            if self.linger_s > 0:
+                await asyncio.sleep(self.linger_s)  # more items join this batch meanwhile
             self._ready.clear()
             batch, self._queued = self._queued, []
             self._handling = len(batch)

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from nexus_streams.domain.errors import ErrorCode, StoreUnavailable
 from nexus_streams.domain.patterns import Pattern
 from nexus_streams.settings import Settings
-from nexus_streams.store.base import PatternStore
+from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.memory import MemoryPatternStore
 from nexus_streams.store.redis import RedisPatternStore, RetryConfig
 from tests.unit.pattern_store_behaviour import FakeClock, PatternStoreBehaviour, StoreFactory, make_pattern
@@ -96,6 +96,22 @@ async def test_redis__keys_all_under_the_prefix(redis_store: RedisPatternStore, 
     await redis_store.delete("p")
     remaining = [key async for key in redis_store.redis.scan_iter(match=f"{redis_prefix}*")]
     assert remaining == [f"{redis_prefix}execution:x-1"]  # expires by itself
+
+
+async def test_redis__record_executions_after_redis_forgot_its_scripts(
+    redis_store: RedisPatternStore,
+) -> None:
+    """The batch runs its script by hash; when Redis no longer knows it (a restart, SCRIPT
+    FLUSH), it is loaded and the batch runs once, not twice."""
+    await redis_store.put(make_pattern(), "alice")
+    await redis_store.redis.script_flush()
+    counted = await redis_store.record_executions(
+        [ExecutionRecord("p", 1, "ok", 2.0, execution_id="f-1"), ExecutionRecord("p", 1, "ok", 3.0)]
+    )
+    assert counted == [True, True]
+    assert (await redis_store.redis.script_exists(redis_store._record.sha)) == [True]
+    total = (await redis_store.stats("p")).total
+    assert (total.executions, total.duration_sum_ms) == (2, 5.0)
 
 
 async def test_redis__stored_version_is_the_pattern_json(
