@@ -2,7 +2,7 @@
 same run. Not a test: it prints one table with the goals of issue 5 ("Benchmark").
 
     python bench/executions.py [--seconds 15] [--max-seconds 8] [--namespaces 64] [--partitions 4]
-                               [--profile worker.prof]
+                               [--also-rate R ...] [--no-faust-echo] [--profile worker.prof]
 
 Everything runs on this box against the local stack (`source .stack/env`; `bash scripts/stack.sh
 up` starts it): the run creates its own topics under a unique prefix, uses its own consumer groups
@@ -12,6 +12,8 @@ and Redis key prefix, and deletes them at the end.
    each message unchanged to `echo.out`, acks=all like the worker) on topics with the same
    partition count. The load generator sends the very bytes of execution requests (same keys,
    same size) and counts the echoes by their `nexus-request-id` header.
+   Then, as a reference row, a Faust agent doing the same (`--faust-echo`; skipped with
+   `--no-faust-echo`): what the framework the worker runs on costs per message.
 2. A real worker process (`python -m nexus_streams worker`, isolated like the integration tests'
    `worker_env`), after the echo process stopped, so neither competes with the other for the CPU.
    The graph: in each of `--namespaces` namespaces, groups of 8 users (`user:K-M member group:K`);
