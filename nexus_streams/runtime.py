@@ -12,7 +12,8 @@ the epoch ends: unfreeze, one complete collection, freeze again (one longer paus
 **Event loop watch.** `LoopWatch` ticks on the loop every `interval_s` and reports how late each tick
 ran (the loop's lag: the time a ready message waits because something else holds the loop); a
 thread notices a loop that has not ticked for `warn_s` and logs where the loop thread is at that
-moment, once per stall. docs/observability.md, "A slow worker".
+moment, once per stall; a garbage collection as long is logged by `GcEpochs` (it holds the GIL,
+so the watch's thread cannot see it). docs/observability.md, "A slow worker".
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class GcSettings:
     freeze: bool = True
     #: seconds between complete collections of frozen objects too (0: never)
     full_interval_s: float = 900.0
+    #: log a collection that took at least this long (0: never)
+    slow_s: float = 0.25
 
 
 class GcEpochs:
@@ -49,17 +52,18 @@ class GcEpochs:
         self._clock = clock
         self._epoch_started = clock()
         self._installed = False
-        #: full collections seen, epochs ended (for tests and the log)
+        self._collecting_since = 0.0
+        #: full collections seen, epochs ended, slow collections logged (for tests and the log)
         self.full_collections = 0
         self.epochs = 0
+        self.slow_collections = 0
 
     def install(self) -> None:
         if self._installed:
             return
         _, threshold1, threshold2 = gc.get_threshold()
         gc.set_threshold(self.settings.threshold0, threshold1, threshold2)
-        if self.settings.freeze:
-            gc.callbacks.append(self._after_collection)
+        gc.callbacks.append(self._after_collection)
         self._installed = True
 
     def uninstall(self) -> None:
@@ -68,7 +72,21 @@ class GcEpochs:
         self._installed = False
 
     def _after_collection(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "stop" and info.get("generation") == 2:
+        if phase == "start":
+            self._collecting_since = time.perf_counter()
+            return
+        # a collection holds the GIL: the loop watch's thread cannot see it, so it is told here
+        seconds = time.perf_counter() - self._collecting_since
+        slow = self.settings.slow_s
+        if slow > 0 and seconds >= slow:
+            self.slow_collections += 1
+            log.warning(
+                "a generation-%s garbage collection took %.0f ms (%s objects freed)",
+                info.get("generation"),
+                seconds * 1000,
+                info.get("collected"),
+            )
+        if self.settings.freeze and info.get("generation") == 2:
             self.full_collections += 1
             gc.freeze()
 

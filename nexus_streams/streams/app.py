@@ -154,7 +154,12 @@ class NamespaceActor:
         )
         self.watch = InputWatch(app, metrics)
         self.gc = GcEpochs(
-            GcSettings(settings.gc_threshold0, settings.gc_freeze, settings.gc_full_interval_s)
+            GcSettings(
+                settings.gc_threshold0,
+                settings.gc_freeze,
+                settings.gc_full_interval_s,
+                slow_s=settings.loop_stall_warn_ms / 1000,
+            )
         )
         #: the input topics whose partitions `watch` looks after (the pattern agent's too)
         self.input_topics = {

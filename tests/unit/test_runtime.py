@@ -88,6 +88,20 @@ def test_a_frozen_cycle_is_collected_at_the_end_of_the_epoch(clean_gc: None) -> 
     assert epochs.maybe_end_epoch() is None  # a new epoch started
 
 
+def test_a_slow_collection_is_logged(clean_gc: None, caplog: pytest.LogCaptureFixture) -> None:
+    epochs = GcEpochs(GcSettings(freeze=False, slow_s=1e-9))
+    epochs.install()
+    with caplog.at_level(logging.WARNING, logger="nexus_streams.runtime"):
+        gc.collect()
+    assert epochs.slow_collections == 1
+    assert any("generation-2 garbage collection took" in r.getMessage() for r in caplog.records)
+    quiet = GcEpochs(GcSettings(freeze=False, slow_s=0))
+    epochs.uninstall()
+    quiet.install()
+    gc.collect()
+    assert quiet.slow_collections == 0
+
+
 def test_uninstall_removes_the_callback(clean_gc: None) -> None:
     epochs = GcEpochs(GcSettings())
     epochs.install()
