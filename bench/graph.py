@@ -335,7 +335,7 @@ def bench_networkx(
         ratio = percentile(results[best][0], 0.5) / percentile(ours[label][0], 0.5)
         report.add(
             f"  p50 speed-up against networkx {best} (the faster), {label} only",
-            f"{ratio:.1f}x",
+            f"{ratio:.2f}x",
             ">= 5x",
             ratio >= 5,
         )
@@ -346,7 +346,7 @@ def bench_networkx(
     ratio = percentile(combined[best], 0.5) / percentile(ours["all"][0], 0.5)
     report.add(
         f"p50 speed-up against networkx {best} (the faster), all pairs",
-        f"{ratio:.1f}x",
+        f"{ratio:.2f}x",
         ">= 5x",
         ratio >= 5,
     )
