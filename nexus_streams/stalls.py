@@ -28,10 +28,11 @@ from dataclasses import dataclass
 class Progress:
     """The next offset the agent expects in one input partition, not moving over holes."""
 
-    __slots__ = ("expected", "hole", "_sought")
+    __slots__ = ("expected", "hole", "_sought", "_start")
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
+        self._start = expected
         #: a record past `expected` arrived: records were skipped (or the stretch is a real gap)
         self.hole = False
         self._sought = False
@@ -47,6 +48,15 @@ class Progress:
         self.expected = offset + 1
         self.hole = False
         self._sought = False
+
+    def rewind(self, first: int) -> None:
+        """Records from `first` on should have come before the first one received (the group never
+        committed, so reading started at the partition's first offset): a hole from there, unless
+        the first received was that one."""
+        if first < self._start:
+            self.expected = self._start = first
+            self.hole = True
+            self._sought = False
 
     def sought(self) -> None:
         """The partition is being read again from `expected`."""

@@ -26,6 +26,9 @@ class InputWatch:
         self._progress: dict[Any, tuple[int, Progress]] = {}
         #: per partition the group never committed: the generation and its first offset then
         self._earliest: dict[Any, tuple[int, int]] = {}
+        #: partitions whose progress started at the first record received, with nothing committed:
+        #: checked against the partition's first offset (records before it may have been dropped)
+        self._unanchored: set[Any] = set()
         self.busy = 0
 
     def _current(self, tp: Any) -> Progress | None:
@@ -65,6 +68,10 @@ class InputWatch:
             committed = self._committed(message.tp)
             progress = Progress(committed if committed is not None else message.offset)
             self._progress[message.tp] = (self.app.consumer_generation_id, progress)
+            if committed is None:
+                self._unanchored.add(message.tp)
+            else:
+                self._unanchored.discard(message.tp)
         progress.received(message.offset)
 
     def describe(self) -> str:
@@ -87,9 +94,15 @@ class InputWatch:
             return
         queued = sum(cast(Any, agent.channel).queue.qsize() for agent in app.agents.values())
         assigned = [tp for tp in consumer.assignment() if tp.topic in topics]
+        unanchored = [tp for tp in assigned if tp in self._unanchored and self._current(tp) is not None]
         first = await self._first_offsets(
-            [tp for tp in assigned if self._current(tp) is None and self._committed(tp) is None]
+            [tp for tp in assigned if self._current(tp) is None and self._committed(tp) is None] + unanchored
         )
+        for tp in unanchored:
+            progress = self._current(tp)
+            if tp in first and progress is not None:
+                progress.rewind(first[tp])
+                self._unanchored.discard(tp)
         views = {}
         for tp in assigned:
             progress = self._current(tp)

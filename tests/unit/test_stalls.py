@@ -115,3 +115,22 @@ def test_progress_accepts_a_hole_still_there_after_reading_again() -> None:
     progress.sought()
     progress.received(9)  # 5..8 do not exist (transaction markers, compaction): a real gap
     assert (progress.expected, progress.hole) == (10, False)
+
+
+def test_progress_rewound_to_the_first_offset_reads_from_there() -> None:
+    progress = Progress(expected=33)  # the first record received was 33; nothing committed
+    progress.received(33)
+    progress.rewind(0)  # the partition starts at 0: 0..32 were dropped on the way
+    assert (progress.expected, progress.hole) == (0, True)
+    progress.sought()
+    for offset in range(35):
+        progress.received(offset)
+    assert (progress.expected, progress.hole) == (35, False)
+
+
+def test_progress_rewound_to_where_it_started_has_no_hole() -> None:
+    progress = Progress(expected=7)
+    progress.received(7)
+    progress.rewind(7)
+    progress.rewind(9)
+    assert (progress.expected, progress.hole) == (8, False)
