@@ -41,21 +41,21 @@ stack-status:
 	@$(STACK) status
 
 demo: install
-	@set -e; eval "$$($(STACK) up)"; $(VENV)/bin/nexus-streams demo
+	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(VENV)/bin/nexus-streams demo
 
 worker: install
-	@set -e; eval "$$($(STACK) up)"; $(VENV)/bin/nexus-streams worker
+	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(VENV)/bin/nexus-streams worker
 
 test: install
 	@bash scripts/prometheus.sh install
-	@set -e; eval "$$($(STACK) up)"; $(PY) -m pytest $(PYTEST_ARGS)
+	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit tests/test_architecture.py $(PYTEST_ARGS)
 
 test-integration: install
 	@bash scripts/prometheus.sh install
-	@set -e; eval "$$($(STACK) up)"; $(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check nexus_streams tests scripts $(wildcard bench)
