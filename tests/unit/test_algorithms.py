@@ -106,7 +106,9 @@ def search(request: pytest.FixtureRequest) -> Iterator[str]:
     """Runs a find_path test with the C search and with the Python one (the reference)."""
     native = request.param == "c"
     if native and not algorithms.NATIVE_AVAILABLE:
-        pytest.skip("the C search is not built, or turned off")
+        pytest.fail(
+            "the C search is not built (make install builds it) or NEXUS_STREAMS_PURE_PYTHON is set"
+        )
     before = algorithms.NATIVE
     use_native(native)
     yield request.param

@@ -18,9 +18,14 @@ from nexus_streams.domain.index import Direction, GraphIndex
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key
 from tests.unit.test_index import ENTITIES, index_of, random_keys
 
-native_only = pytest.mark.skipif(
-    not algorithms.NATIVE_AVAILABLE, reason="the C search is not built, or turned off"
-)
+
+@pytest.fixture
+def native_only() -> None:
+    """The C search must be there: the dev install builds it (never a skip in CI)."""
+    if not algorithms.NATIVE_AVAILABLE:
+        pytest.fail(
+            "the C search is not built (make install builds it) or NEXUS_STREAMS_PURE_PYTHON is set"
+        )
 
 
 @contextmanager
@@ -74,7 +79,7 @@ entities = st.sampled_from([*ENTITIES, "nobody"])
 limits = st.integers(0, 12) | st.just(100_000)
 
 
-@native_only
+@pytest.mark.usefixtures("native_only")
 @settings(max_examples=1500, deadline=None)
 @given(random_keys(), entities, entities, st.integers(0, 4), directions, type_sets, limits)
 def test_pathcore__same_answers_and_errors_as_python(
@@ -107,7 +112,7 @@ def hub(leaves: int) -> GraphIndex:
     return index_of(keys)
 
 
-@native_only
+@pytest.mark.usefixtures("native_only")
 @pytest.mark.parametrize("direction", list(Direction))
 @pytest.mark.parametrize(
     ("source", "target"),
@@ -122,14 +127,14 @@ def test_pathcore__hub__same_answers_as_python(
         assert_same(index, source, target, max_depth=max_depth, direction=direction, visit_limit=visit_limit)
 
 
-@native_only
+@pytest.mark.usefixtures("native_only")
 def test_pathcore__long_path__same_answer_as_python() -> None:
     index = index_of(canonical_key(f"n{i}", RelationType.OWNER, f"n{i + 1}") for i in range(40))
     path = assert_same(index, "n0", "n40", max_depth=100)
     assert isinstance(path, Path) and len(path.relationships) == 40
 
 
-@native_only
+@pytest.mark.usefixtures("native_only")
 def test_pathcore__not_tables__type_error() -> None:
     from nexus_streams.domain import _pathcore
 
