@@ -1,21 +1,30 @@
-/* The search of algorithms.find_path in C: the same bidirectional BFS, on the same structures.
+/* The topology of one GraphIndex in C, and the search of algorithms.find_path on it.
  *
- * Why: on a near pair the pure-Python search does the same work as networkx's, so it cannot
- * be much faster than it; here one call costs about a tenth of that. algorithms.py keeps the
- * Python version as the reference and the fallback (no compiler, or NEXUS_STREAMS_PURE_PYTHON),
- * and tests/unit/test_pathcore.py checks that both give the same answers and the same errors.
+ * Why: at 1M relationships a near pair costs the cache misses of reaching both ends and their
+ * neighbours, not the arithmetic. Through Python's structures each end is a chain of about
+ * seven dependent misses (the id string, the ids dict's index and entry, the int object, the
+ * list slot, the array object, its items). A Topology keeps the same graph so that an end is
+ * three: the string, a slot of its own id table, and one 64-byte node record that holds the
+ * name and, up to INLINE entries, the adjacency itself. Its big tables ask the kernel for
+ * transparent huge pages, so that a miss does not also cost a page walk.
  *
- * find_path(tables, source, target, max_depth, out_mask, in_mask, visit_limit) reads
- * GraphIndex.tables: (ids dict, names list, out-arrays list, in-arrays list), each array an
- * array('q') of neighbour * 8 + type code, read through the buffer protocol, or None. The masks
- * have bit c set for each type code c followed on the out-arrays / in-arrays. It answers a Path
- * or None, or raises what the configured over_limit callback raises. No Python code runs
- * during the search, and no array is held across a call into Python.
+ * GraphIndex (index.py) keeps its Python lists and arrays, which the Python algorithms and the
+ * reference search read, and mirrors every change here: add(), remove(), release(). Node
+ * numbers and the order of entries are the index's, so both searches meet the same nodes in
+ * the same order and give the same paths (tests/unit/test_pathcore.py checks it).
+ *
+ * find_path(topology, source, target, max_depth, out_mask, in_mask, visit_limit) answers a
+ * Path or None, or raises what the configured over_limit callback raises. The masks have bit c
+ * set for each type code c followed on the out-entries / in-entries. No Python code runs during
+ * the search.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 /* -------------------------------------------------------------- configuration (configure) */
 
@@ -256,38 +265,537 @@ give_back(Scratch *scratch)
     trim(&scratch->nodes, 0);
 }
 
-/* ----------------------------------------------------------------------- the adjacency */
+/* ------------------------------------------------------------------- big tables (huge pages) */
 
-/* Arrays of one node: 1 with `view` filled (release it), 0 for None, -1 on error. */
-static int
-entries_of(PyObject *arrays, int64_t node, Py_buffer *view)
+/* Tables of 2 MiB and more are mapped on their own and advised to use transparent huge pages
+ * (where the kernel offers them on request); smaller ones come from the heap. Zeroed. */
+#define HUGE_FROM ((size_t)2 << 20)
+
+static void *
+table_alloc(size_t bytes)
 {
-    if (node < 0 || node >= PyList_GET_SIZE(arrays)) {
-        PyErr_Format(PyExc_IndexError, "node %lld is not in the index", (long long)node);
-        return -1;
+#if defined(__linux__) && defined(MAP_ANONYMOUS)
+    if (bytes >= HUGE_FROM) {
+        void *at = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (at == MAP_FAILED)
+            return NULL;
+#if defined(MADV_HUGEPAGE)
+        (void)madvise(at, bytes, MADV_HUGEPAGE);
+#endif
+        return at;
     }
-    PyObject *entries = PyList_GET_ITEM(arrays, node);
-    if (entries == Py_None)
-        return 0;
-    if (PyObject_GetBuffer(entries, view, PyBUF_FORMAT) < 0)
-        return -1;
-    if (view->itemsize != 8 || view->format == NULL || strcmp(view->format, "q") != 0) {
-        PyBuffer_Release(view);
-        PyErr_SetString(PyExc_TypeError, "adjacency entries must be array('q')");
-        return -1;
-    }
-    return 1;
+#endif
+    return PyMem_Calloc(1, bytes);
 }
 
+static void
+table_free(void *at, size_t bytes)
+{
+    if (at == NULL)
+        return;
+#if defined(__linux__) && defined(MAP_ANONYMOUS)
+    if (bytes >= HUGE_FROM) {
+        munmap(at, bytes);
+        return;
+    }
+#endif
+    (void)bytes;
+    PyMem_Free(at);
+}
+
+/* --------------------------------------------------------------------- the topology (Topology) */
+
+/* entries held in the node record itself: at 1M relationships most entities have no more */
+#define INLINE 5
+
+/* One entity: 64 bytes, a cache line. Its entries are `neighbour * 8 + type code`, the out
+ * entries first, then the in entries, each part in the order GraphIndex keeps. */
 typedef struct {
-    PyObject *arrays; /* list of array('q') or None, by node */
-    unsigned mask;    /* bit c: follow type code c */
+    PyObject *name; /* strong; NULL: a free node number */
+    uint32_t n_out;
+    uint32_t n_in;
+    uint32_t cap; /* 0: the entries are inline */
+    uint32_t unused;
+    union {
+        int64_t *heap;
+        int64_t inline_items[INLINE];
+    } u;
+} Node;
+
+/* the id table: open addressing, linear probing; node1 = node + 1, 0 for an empty slot */
+typedef struct {
+    Py_hash_t hash;
+    int64_t node1;
+} IdSlot;
+
+typedef struct {
+    PyObject_HEAD
+    Node *nodes;
+    Py_ssize_t n_nodes; /* node numbers below this have a record (zeroed when free) */
+    IdSlot *ids;
+    size_t ids_mask;
+    int ids_shift;
+    Py_ssize_t ids_used;
+    Py_ssize_t heap_bytes; /* entries outside the records */
+    int searching;         /* a search is reading the tables: they must not change */
+} Topology;
+
+static PyTypeObject TopologyType;
+
+static inline const int64_t *
+items_of(const Node *node)
+{
+    return node->cap ? node->u.heap : node->u.inline_items;
+}
+
+static inline int64_t *
+mutable_items(Node *node)
+{
+    return node->cap ? node->u.heap : node->u.inline_items;
+}
+
+static inline size_t
+home(const Topology *topo, Py_hash_t hash)
+{
+    return (size_t)(((uint64_t)hash * 0x9E3779B97F4A7C15ULL) >> topo->ids_shift);
+}
+
+static int
+ids_resize(Topology *topo, size_t size)
+{
+    IdSlot *slots = table_alloc(size * sizeof(IdSlot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    IdSlot *old = topo->ids;
+    size_t old_size = old ? topo->ids_mask + 1 : 0;
+    topo->ids = slots;
+    topo->ids_mask = size - 1;
+    topo->ids_shift = 64;
+    for (size_t s = size; s > 1; s >>= 1)
+        topo->ids_shift--;
+    for (size_t i = 0; i < old_size; i++) {
+        if (old[i].node1) {
+            size_t j = home(topo, old[i].hash);
+            while (slots[j].node1)
+                j = (j + 1) & topo->ids_mask;
+            slots[j] = old[i];
+        }
+    }
+    table_free(old, old_size * sizeof(IdSlot));
+    return 0;
+}
+
+/* The node of `name`, or -1 if it has none; -2 with an exception set. */
+static int64_t
+lookup_hashed(const Topology *topo, PyObject *name, Py_hash_t hash)
+{
+    for (size_t i = home(topo, hash);; i = (i + 1) & topo->ids_mask) {
+        const IdSlot *slot = &topo->ids[i];
+        if (!slot->node1)
+            return -1;
+        if (slot->hash != hash)
+            continue;
+        int64_t node = slot->node1 - 1;
+        PyObject *stored = topo->nodes[node].name;
+        if (stored == name)
+            return node;
+        if (PyUnicode_CheckExact(stored) && PyUnicode_CheckExact(name)) {
+            if (PyUnicode_GET_LENGTH(stored) == PyUnicode_GET_LENGTH(name) &&
+                PyUnicode_KIND(stored) == PyUnicode_KIND(name) &&
+                memcmp(PyUnicode_DATA(stored), PyUnicode_DATA(name),
+                       (size_t)PyUnicode_GET_LENGTH(name) * PyUnicode_KIND(name)) == 0)
+                return node;
+            continue;
+        }
+        /* not plain strings: their __eq__ may run Python code, which must not see the tables
+         * change under it (they are re-read after) */
+        Py_INCREF(stored);
+        int same = PyObject_RichCompareBool(stored, name, Py_EQ);
+        Py_DECREF(stored);
+        if (same < 0)
+            return -2;
+        if (same)
+            return node;
+    }
+}
+
+static int64_t
+lookup(const Topology *topo, PyObject *name)
+{
+    Py_hash_t hash = PyObject_Hash(name);
+    if (hash == -1)
+        return -2;
+    return lookup_hashed(topo, name, hash);
+}
+
+static int
+ensure_node(Topology *topo, int64_t node)
+{
+    if (node < topo->n_nodes)
+        return 0;
+    if (node >= ((int64_t)1 << 40)) {
+        PyErr_Format(PyExc_OverflowError, "node %lld is too large", (long long)node);
+        return -1;
+    }
+    Py_ssize_t count = topo->n_nodes ? topo->n_nodes * 2 : 64;
+    while (count <= node)
+        count *= 2;
+    Node *nodes = table_alloc((size_t)count * sizeof(Node));
+    if (nodes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (topo->nodes != NULL)
+        memcpy(nodes, topo->nodes, (size_t)topo->n_nodes * sizeof(Node));
+    table_free(topo->nodes, (size_t)topo->n_nodes * sizeof(Node));
+    topo->nodes = nodes;
+    topo->n_nodes = count;
+    return 0;
+}
+
+/* gives `node` its name (and an id slot) if it has none yet */
+static int
+name_node(Topology *topo, int64_t node, PyObject *name)
+{
+    Node *record = &topo->nodes[node];
+    if (record->name != NULL)
+        return 0;
+    Py_hash_t hash = PyObject_Hash(name);
+    if (hash == -1)
+        return -1;
+    if ((size_t)(topo->ids_used + 1) * 2 > topo->ids_mask + 1 &&
+        ids_resize(topo, (topo->ids_mask + 1) * 2) < 0)
+        return -1;
+    size_t i = home(topo, hash);
+    while (topo->ids[i].node1)
+        i = (i + 1) & topo->ids_mask;
+    topo->ids[i] = (IdSlot){hash, node + 1};
+    topo->ids_used++;
+    record->name = Py_NewRef(name);
+    return 0;
+}
+
+/* removes the id slot of `node` (backward-shift deletion: no tombstones) */
+static void
+unname_node(Topology *topo, int64_t node, Py_hash_t hash)
+{
+    size_t i = home(topo, hash);
+    while (topo->ids[i].node1 != node + 1) {
+        if (!topo->ids[i].node1)
+            return;
+        i = (i + 1) & topo->ids_mask;
+    }
+    for (size_t j = (i + 1) & topo->ids_mask; topo->ids[j].node1; j = (j + 1) & topo->ids_mask) {
+        size_t k = home(topo, topo->ids[j].hash);
+        /* the entry at j stays unless its home is cyclically outside (i, j] */
+        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (stays)
+            continue;
+        topo->ids[i] = topo->ids[j];
+        i = j;
+    }
+    topo->ids[i].node1 = 0;
+    topo->ids_used--;
+}
+
+/* inserts `item` at position `at` of the node's entries */
+static int
+insert_item(Topology *topo, Node *node, uint32_t at, int64_t item)
+{
+    uint32_t total = node->n_out + node->n_in;
+    uint32_t room = node->cap ? node->cap : INLINE;
+    if (total == UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many relationships on one entity");
+        return -1;
+    }
+    if (total + 1 > room) {
+        uint32_t cap = room < 8 ? 8 : (room > UINT32_MAX / 2 ? UINT32_MAX : room * 2);
+        int64_t *heap = PyMem_Malloc((size_t)cap * sizeof(int64_t));
+        if (heap == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(heap, items_of(node), (size_t)total * sizeof(int64_t));
+        if (node->cap) {
+            PyMem_Free(node->u.heap);
+            topo->heap_bytes -= (Py_ssize_t)node->cap * 8;
+        }
+        node->u.heap = heap;
+        node->cap = cap;
+        topo->heap_bytes += (Py_ssize_t)cap * 8;
+    }
+    int64_t *items = mutable_items(node);
+    memmove(&items[at + 1], &items[at], (size_t)(total - at) * sizeof(int64_t));
+    items[at] = item;
+    return 0;
+}
+
+/* removes the first `item` among entries [from, from + n); 0 if it is not there */
+static int
+remove_item(Topology *topo, Node *node, uint32_t from, uint32_t n, int64_t item)
+{
+    int64_t *items = mutable_items(node);
+    uint32_t total = node->n_out + node->n_in;
+    for (uint32_t i = from; i < from + n; i++) {
+        if (items[i] != item)
+            continue;
+        memmove(&items[i], &items[i + 1], (size_t)(total - i - 1) * sizeof(int64_t));
+        total--;
+        if (node->cap && total <= INLINE) { /* back into the record */
+            int64_t *heap = node->u.heap;
+            topo->heap_bytes -= (Py_ssize_t)node->cap * 8;
+            node->cap = 0;
+            memcpy(node->u.inline_items, heap, (size_t)total * sizeof(int64_t));
+            PyMem_Free(heap);
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static int
+check_node(const Topology *topo, long long node, int named)
+{
+    if (node < 0 || node >= topo->n_nodes || (named && topo->nodes[node].name == NULL)) {
+        PyErr_Format(PyExc_IndexError, "node %lld is not in the topology", node);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_writable(const Topology *topo)
+{
+    if (topo->searching) {
+        PyErr_SetString(PyExc_RuntimeError, "the topology is being searched");
+        return -1;
+    }
+    return 0;
+}
+
+/* add(source_node, source_name, target_node, target_name, code): GraphIndex.add's arrays */
+static PyObject *
+topology_add(Topology *topo, PyObject *args)
+{
+    long long s, t;
+    int code;
+    PyObject *s_name, *t_name;
+    if (!PyArg_ParseTuple(args, "LOLOi:add", &s, &s_name, &t, &t_name, &code))
+        return NULL;
+    if (s < 0 || t < 0 || code < 0 || code > 7) {
+        PyErr_SetString(PyExc_ValueError, "nodes must be >= 0 and the code 0 to 7");
+        return NULL;
+    }
+    if (check_writable(topo) < 0 || ensure_node(topo, s > t ? s : t) < 0 ||
+        name_node(topo, s, s_name) < 0 || name_node(topo, t, t_name) < 0)
+        return NULL;
+    Node *source = &topo->nodes[s];
+    if (insert_item(topo, source, source->n_out, t * 8 + code) < 0)
+        return NULL;
+    source->n_out++;
+    Node *target = &topo->nodes[t];
+    if (insert_item(topo, target, target->n_out + target->n_in, s * 8 + code) < 0) {
+        remove_item(topo, source, 0, source->n_out, t * 8 + code);
+        source->n_out--;
+        return NULL;
+    }
+    target->n_in++;
+    Py_RETURN_NONE;
+}
+
+/* remove(source_node, target_node, code): GraphIndex.remove's arrays; False if not there */
+static PyObject *
+topology_remove(Topology *topo, PyObject *args)
+{
+    long long s, t;
+    int code;
+    if (!PyArg_ParseTuple(args, "LLi:remove", &s, &t, &code))
+        return NULL;
+    if (check_writable(topo) < 0 || check_node(topo, s, 1) < 0 || check_node(topo, t, 1) < 0)
+        return NULL;
+    Node *source = &topo->nodes[s];
+    if (!remove_item(topo, source, 0, source->n_out, t * 8 + code))
+        Py_RETURN_FALSE;
+    source->n_out--;
+    Node *target = &topo->nodes[t];
+    if (!remove_item(topo, target, target->n_out, target->n_in, s * 8 + code)) {
+        PyErr_SetString(PyExc_SystemError, "the topology's in-entries disagree with its out-entries");
+        return NULL;
+    }
+    target->n_in--;
+    Py_RETURN_TRUE;
+}
+
+/* release(node): the entity has no relationship left; its number may be given to another */
+static PyObject *
+topology_release(Topology *topo, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_writable(topo) < 0 || check_node(topo, n, 1) < 0)
+        return NULL;
+    Node *node = &topo->nodes[n];
+    if (node->n_out || node->n_in) {
+        PyErr_Format(PyExc_ValueError, "node %lld still has relationships", n);
+        return NULL;
+    }
+    Py_hash_t hash = PyObject_Hash(node->name);
+    if (hash == -1)
+        return NULL;
+    unname_node(topo, n, hash);
+    PyObject *name = node->name;
+    if (node->cap) {
+        PyMem_Free(node->u.heap);
+        topo->heap_bytes -= (Py_ssize_t)node->cap * 8;
+    }
+    memset(node, 0, sizeof(*node));
+    Py_DECREF(name);
+    Py_RETURN_NONE;
+}
+
+/* node_of(name) -> int | None */
+static PyObject *
+topology_node_of(Topology *topo, PyObject *name)
+{
+    int64_t node = lookup(topo, name);
+    if (node == -2)
+        return NULL;
+    if (node < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(node);
+}
+
+/* entries(node) -> (name, out entries, in entries), or None for a free number */
+static PyObject *
+topology_entries(Topology *topo, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_node(topo, n, 0) < 0)
+        return NULL;
+    const Node *node = &topo->nodes[n];
+    if (node->name == NULL)
+        Py_RETURN_NONE;
+    PyObject *name = Py_NewRef(node->name);
+    PyObject *outs = PyList_New(node->n_out), *ins = PyList_New(node->n_in);
+    if (outs == NULL || ins == NULL)
+        goto error;
+    node = &topo->nodes[n]; /* allocating may have run code that changed the tables */
+    if ((Py_ssize_t)node->n_out != PyList_GET_SIZE(outs) || (Py_ssize_t)node->n_in != PyList_GET_SIZE(ins)) {
+        PyErr_SetString(PyExc_RuntimeError, "the topology changed while it was read");
+        goto error;
+    }
+    const int64_t *items = items_of(node);
+    for (uint32_t i = 0; i < node->n_out + node->n_in; i++) {
+        PyObject *item = PyLong_FromLongLong(items[i]);
+        if (item == NULL)
+            goto error;
+        if (i < node->n_out)
+            PyList_SET_ITEM(outs, i, item);
+        else
+            PyList_SET_ITEM(ins, i - node->n_out, item);
+        items = items_of(&topo->nodes[n]);
+    }
+    return Py_BuildValue("NNN", name, outs, ins);
+error:
+    Py_DECREF(name);
+    Py_XDECREF(outs);
+    Py_XDECREF(ins);
+    return NULL;
+}
+
+static PyObject *
+topology_sizeof(Topology *topo, PyObject *Py_UNUSED(ignored))
+{
+    size_t bytes = sizeof(Topology) + (size_t)topo->n_nodes * sizeof(Node) +
+                   (topo->ids ? (topo->ids_mask + 1) * sizeof(IdSlot) : 0) + (size_t)topo->heap_bytes;
+    return PyLong_FromSize_t(bytes);
+}
+
+static Py_ssize_t
+topology_len(Topology *topo)
+{
+    return topo->ids_used;
+}
+
+static PyObject *
+topology_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) || (kwargs != NULL && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "Topology() takes no arguments");
+        return NULL;
+    }
+    Topology *topo = (Topology *)type->tp_alloc(type, 0);
+    if (topo == NULL)
+        return NULL;
+    if (ids_resize(topo, 64) < 0) {
+        Py_DECREF(topo);
+        return NULL;
+    }
+    return (PyObject *)topo;
+}
+
+static void
+topology_dealloc(Topology *topo)
+{
+    for (Py_ssize_t i = 0; i < topo->n_nodes; i++) {
+        Node *node = &topo->nodes[i];
+        if (node->cap)
+            PyMem_Free(node->u.heap);
+        Py_XDECREF(node->name);
+    }
+    table_free(topo->nodes, (size_t)topo->n_nodes * sizeof(Node));
+    table_free(topo->ids, topo->ids ? (topo->ids_mask + 1) * sizeof(IdSlot) : 0);
+    Py_TYPE(topo)->tp_free((PyObject *)topo);
+}
+
+static PyMethodDef topology_methods[] = {
+    {"add", (PyCFunction)topology_add, METH_VARARGS,
+     "add(source_node, source_name, target_node, target_name, code): a relationship"},
+    {"remove", (PyCFunction)topology_remove, METH_VARARGS,
+     "remove(source_node, target_node, code) -> bool: a relationship"},
+    {"release", (PyCFunction)topology_release, METH_O,
+     "release(node): an entity left with no relationship"},
+    {"node_of", (PyCFunction)topology_node_of, METH_O, "node_of(name) -> int | None"},
+    {"entries", (PyCFunction)topology_entries, METH_O,
+     "entries(node) -> (name, out entries, in entries) | None"},
+    {"__sizeof__", (PyCFunction)topology_sizeof, METH_NOARGS, "bytes held"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods topology_as_sequence = {
+    .sq_length = (lenfunc)topology_len,
+};
+
+static PyTypeObject TopologyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "nexus_streams.domain._pathcore.Topology",
+    .tp_doc = "The graph of one GraphIndex, for find_path: entities (len) and their entries.",
+    .tp_basicsize = sizeof(Topology),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = topology_new,
+    .tp_dealloc = (destructor)topology_dealloc,
+    .tp_methods = topology_methods,
+    .tp_as_sequence = &topology_as_sequence,
+};
+
+/* ------------------------------------------------------------------------------ the search */
+
+enum { OUT_ENTRIES = 0, IN_ENTRIES = 1 };
+
+typedef struct {
+    int which;     /* OUT_ENTRIES or IN_ENTRIES */
+    unsigned mask; /* bit c: follow type code c */
 } Side;
 
 typedef struct {
     Scratch *scratch;
-    PyObject *names;
-    Side sides[2][2]; /* per search (FORWARD, BACKWARD): the arrays it reads */
+    const Topology *topo;
+    Side sides[2][2]; /* per search (FORWARD, BACKWARD): the entries it reads */
     int n_sides;
     Py_ssize_t count[2]; /* nodes recorded per search */
     long long visit_limit;
@@ -300,19 +808,6 @@ typedef struct {
 
 enum { NO_MEET = 0, MET = 1, FAILED = -1, OVER_LIMIT = -2 };
 
-/* Reading arrays costs three dependent cache misses each on a big index (the list's slot,
- * the array object, its items), and a near pair reads only a few dozen entries: the misses
- * are most of the time. So arrays are read a chunk of nodes at a time, each step of the chain
- * prefetched for the whole chunk before it is followed: the misses of a chunk overlap. */
-#define CHUNK 8
-
-typedef struct {
-    const int64_t *items;
-    Py_ssize_t n;
-    Py_buffer view;
-    int held;
-} Entries;
-
 static inline void
 prefetch(const void *at)
 {
@@ -323,64 +818,47 @@ prefetch(const void *at)
 #endif
 }
 
-static void
-release_all(Entries *entries, int count)
+/* the `which` entries of `node`: their first, and how many in `n` */
+static inline const int64_t *
+entries(const Node *node, int which, Py_ssize_t *n)
 {
-    for (int i = 0; i < count; i++) {
-        if (entries[i].held) {
-            PyBuffer_Release(&entries[i].view);
-            entries[i].held = 0;
-        }
+    const int64_t *items = items_of(node);
+    if (which == OUT_ENTRIES) {
+        *n = node->n_out;
+        return items;
     }
+    *n = node->n_in;
+    return items + node->n_out;
 }
 
-/* entries[k * n_lists + j]: the array of nodes[k] in lists[j] (n == 0 for None), for
- * k < count <= CHUNK; held until release_all. 0, or -1 on error (nothing held). */
-static int
-load(PyObject *const *lists, int n_lists, const int64_t *nodes, int count, Entries *entries)
-{
-    for (int k = 0; k < count; k++) {
-        for (int j = 0; j < n_lists; j++) {
-            if (nodes[k] < 0 || nodes[k] >= PyList_GET_SIZE(lists[j])) {
-                PyErr_Format(PyExc_IndexError, "node %lld is not in the index", (long long)nodes[k]);
-                return -1;
-            }
-            prefetch(&((PyListObject *)lists[j])->ob_item[nodes[k]]);
-        }
-    }
-    for (int k = 0; k < count; k++)
-        for (int j = 0; j < n_lists; j++)
-            prefetch(PyList_GET_ITEM(lists[j], nodes[k]));
-    for (int k = 0; k < count; k++) {
-        for (int j = 0; j < n_lists; j++) {
-            Entries *e = &entries[k * n_lists + j];
-            int got = entries_of(lists[j], nodes[k], &e->view);
-            if (got < 0) {
-                release_all(entries, k * n_lists + j);
-                return -1;
-            }
-            e->held = got;
-            e->n = got ? e->view.len / 8 : 0;
-            e->items = got ? e->view.buf : NULL;
-            if (got)
-                prefetch(e->items);
-        }
-    }
-    return 0;
-}
-
-/* The first nodes of the next level: their list slots (names too, for the path) are
- * prefetched as they are found, a step of their chain early. */
+/* Frontier nodes are read a chunk at a time: their records were prefetched as they were found;
+ * the entries of those that keep them outside the record are prefetched for the whole chunk
+ * before any is read, so that the misses overlap. */
+#define CHUNK 8
+/* the first nodes of the next level: their records are prefetched as they are found */
 #define PREFETCH_NEXT 64
 
 static inline void
-prefetch_node(const Search *search, PyObject *const *lists, int n_lists, int64_t node)
+prefetch_heaps(const Topology *topo, const int64_t *nodes, int count)
 {
-    for (int j = 0; j < n_lists; j++)
-        if (node < PyList_GET_SIZE(lists[j]))
-            prefetch(&((PyListObject *)lists[j])->ob_item[node]);
-    if (node < PyList_GET_SIZE(search->names))
-        prefetch(&((PyListObject *)search->names)->ob_item[node]);
+    for (int k = 0; k < count; k++) {
+        const Node *node = &topo->nodes[nodes[k]];
+        if (node->cap)
+            prefetch(node->u.heap);
+    }
+}
+
+static inline int
+chunk_of(const Vec *frontier, Py_ssize_t i)
+{
+    return frontier->len - i < CHUNK ? (int)(frontier->len - i) : CHUNK;
+}
+
+static int
+bad_node(int64_t node)
+{
+    PyErr_Format(PyExc_SystemError, "entry names node %lld, outside the topology", (long long)node);
+    return FAILED;
 }
 
 /* One BFS level of search `side` (algorithms._expand): records what it reaches, fills
@@ -389,32 +867,31 @@ static int
 expand(Search *search, int side)
 {
     Scratch *scratch = search->scratch;
+    const Topology *topo = search->topo;
     Table *table = &scratch->table;
     const Vec *frontier = &scratch->front[side];
     Vec *next = &scratch->next;
     const int n_sides = search->n_sides;
-    PyObject *lists[2] = {search->sides[side][0].arrays, search->sides[side][1].arrays};
-    const unsigned masks[2] = {search->sides[side][0].mask, search->sides[side][1].mask};
-    Entries chunk[CHUNK * 2];
+    const Side *sides = search->sides[side];
     next->len = 0;
     for (Py_ssize_t i = 0; i < frontier->len; i += CHUNK) {
-        int count = frontier->len - i < CHUNK ? (int)(frontier->len - i) : CHUNK;
-        if (load(lists, n_sides, &frontier->items[i], count, chunk) < 0)
-            return FAILED;
+        int count = chunk_of(frontier, i);
+        prefetch_heaps(topo, &frontier->items[i], count);
         for (int k = 0; k < count; k++) {
             int64_t u = frontier->items[i + k];
+            const Node *node = &topo->nodes[u];
             for (int j = 0; j < n_sides; j++) {
-                const Entries *e = &chunk[k * n_sides + j];
-                const unsigned mask = masks[j];
-                for (Py_ssize_t x = 0; x < e->n; x++) {
-                    int64_t p = e->items[x];
+                const unsigned mask = sides[j].mask;
+                Py_ssize_t n;
+                const int64_t *items = entries(node, sides[j].which, &n);
+                for (Py_ssize_t x = 0; x < n; x++) {
+                    int64_t p = items[x];
                     if (!(mask >> (p & 7) & 1))
                         continue;
                     int64_t v = p >> 3;
                     Slot *slot = probe(table, v);
                     if (slot->gen == table->gen) {
                         if (slot->side != side) {
-                            release_all(chunk, count * n_sides);
                             search->meet = v;
                             search->meet_pred = u;
                             search->meet_side = side;
@@ -422,23 +899,21 @@ expand(Search *search, int side)
                         }
                         continue;
                     }
-                    if (record(table, slot, v, side, u) < 0 || push(next, v) < 0) {
-                        release_all(chunk, count * n_sides);
+                    if (v >= topo->n_nodes)
+                        return bad_node(v);
+                    if (record(table, slot, v, side, u) < 0 || push(next, v) < 0)
                         return FAILED;
-                    }
                     search->count[side]++;
                     if (next->len <= PREFETCH_NEXT)
-                        prefetch_node(search, lists, n_sides, v);
+                        prefetch(&topo->nodes[v]);
                 }
             }
             long long visited = (long long)search->count[side] + search->count[!side];
             if (visited > search->visit_limit) {
-                release_all(chunk, count * n_sides);
                 search->visited = visited;
                 return OVER_LIMIT;
             }
         }
-        release_all(chunk, count * n_sides);
     }
     return NO_MEET;
 }
@@ -449,30 +924,29 @@ static int
 meet_level(Search *search, int side)
 {
     Scratch *scratch = search->scratch;
+    const Topology *topo = search->topo;
     const Table *table = &scratch->table;
     const Vec *frontier = &scratch->front[side];
     const int n_sides = search->n_sides;
-    PyObject *lists[2] = {search->sides[side][0].arrays, search->sides[side][1].arrays};
-    const unsigned masks[2] = {search->sides[side][0].mask, search->sides[side][1].mask};
-    Entries chunk[CHUNK * 2];
+    const Side *sides = search->sides[side];
     long long room = search->visit_limit - search->count[0] - search->count[1];
     long long read = 0;
     for (Py_ssize_t i = 0; i < frontier->len; i += CHUNK) {
-        int count = frontier->len - i < CHUNK ? (int)(frontier->len - i) : CHUNK;
-        if (load(lists, n_sides, &frontier->items[i], count, chunk) < 0)
-            return FAILED;
+        int count = chunk_of(frontier, i);
+        prefetch_heaps(topo, &frontier->items[i], count);
         for (int k = 0; k < count; k++) {
+            const Node *node = &topo->nodes[frontier->items[i + k]];
             for (int j = 0; j < n_sides; j++) {
-                const Entries *e = &chunk[k * n_sides + j];
-                const unsigned mask = masks[j];
-                read += e->n;
-                for (Py_ssize_t x = 0; x < e->n; x++) {
-                    int64_t p = e->items[x];
+                const unsigned mask = sides[j].mask;
+                Py_ssize_t n;
+                const int64_t *items = entries(node, sides[j].which, &n);
+                read += n;
+                for (Py_ssize_t x = 0; x < n; x++) {
+                    int64_t p = items[x];
                     if (!(mask >> (p & 7) & 1))
                         continue;
                     const Slot *slot = probe(table, p >> 3);
                     if (slot->gen == table->gen && slot->side != side) {
-                        release_all(chunk, count * n_sides);
                         search->meet = p >> 3;
                         search->meet_pred = frontier->items[i + k];
                         search->meet_side = side;
@@ -480,37 +954,11 @@ meet_level(Search *search, int side)
                     }
                 }
             }
-            if (read > room) {
-                release_all(chunk, count * n_sides);
+            if (read > room)
                 return expand(search, side);
-            }
         }
-        release_all(chunk, count * n_sides);
     }
     return NO_MEET;
-}
-
-/* Brings the arrays and names of `nodes` into the cache, their misses overlapping: the ends
- * of a search before it starts, the nodes of a path before its relationships are read. */
-static int
-warm(PyObject *names, PyObject *outs, PyObject *ins, const int64_t *nodes, Py_ssize_t n)
-{
-    PyObject *lists[2] = {outs, ins};
-    Entries chunk[CHUNK * 2];
-    const Py_ssize_t n_names = PyList_GET_SIZE(names);
-    for (Py_ssize_t i = 0; i < n; i += CHUNK) {
-        int count = n - i < CHUNK ? (int)(n - i) : CHUNK;
-        for (int k = 0; k < count; k++)
-            if (nodes[i + k] >= 0 && nodes[i + k] < n_names)
-                prefetch(&((PyListObject *)names)->ob_item[nodes[i + k]]);
-        if (load(lists, 2, &nodes[i], count, chunk) < 0)
-            return -1;
-        for (int k = 0; k < count; k++)
-            if (nodes[i + k] >= 0 && nodes[i + k] < n_names)
-                prefetch(PyList_GET_ITEM(names, nodes[i + k]));
-        release_all(chunk, count * 2);
-    }
-    return 0;
 }
 
 /* Bidirectional BFS from s and t (both known, s != t, max_depth >= 1): MET, NO_MEET, FAILED
@@ -613,44 +1061,29 @@ new_key(PyObject *source, int code, PyObject *target)
     return key;
 }
 
-/* Bit c set: the array of `node` in `arrays` holds other * 8 + c. Reads that array, which the
- * search has just read (no cache miss), unless it is long: then the shorter of it and the
- * mirror (the array of `other` in `mirror`, holding node * 8 + c), as algorithms._first_stored.
- * -1 on error. */
-static int
-codes_towards(PyObject *arrays, PyObject *mirror, int64_t node, int64_t other)
+/* Bit c set: the `which` entries of `node` hold other * 8 + c. Reads those entries, which the
+ * search has just read (no cache miss), unless there are many: then the fewer of them and of
+ * the mirror (the other entries of `other`, holding node * 8 + c), as
+ * algorithms._first_stored. */
+static unsigned
+codes_towards(const Topology *topo, int which, int64_t node, int64_t other)
 {
-    Py_buffer view, mirror_view;
-    int got = entries_of(arrays, node, &view);
-    if (got <= 0)
-        return got;
-    const Py_buffer *scan = &view;
+    Py_ssize_t n, n_mirror;
+    const int64_t *items = entries(&topo->nodes[node], which, &n);
     int64_t wanted = other;
-    int mirrored = 0;
-    if (view.len > 256 * 8) {
-        mirrored = entries_of(mirror, other, &mirror_view);
-        if (mirrored < 0) {
-            PyBuffer_Release(&view);
-            return -1;
-        }
-        if (mirrored == 0) { /* the relationship would be in both arrays: none */
-            PyBuffer_Release(&view);
-            return 0;
-        }
-        if (mirror_view.len < view.len) {
-            scan = &mirror_view;
+    if (n > 256) {
+        const int64_t *mirror = entries(&topo->nodes[other], !which, &n_mirror);
+        if (n_mirror < n) {
+            items = mirror;
+            n = n_mirror;
             wanted = node;
         }
     }
-    const int64_t *items = scan->buf;
     unsigned present = 0;
-    for (Py_ssize_t i = 0, n = scan->len / 8; i < n; i++)
+    for (Py_ssize_t i = 0; i < n; i++)
         if (items[i] >> 3 == wanted)
             present |= 1u << (items[i] & 7);
-    PyBuffer_Release(&view);
-    if (mirrored)
-        PyBuffer_Release(&mirror_view);
-    return (int)present;
+    return present;
 }
 
 static inline int
@@ -664,29 +1097,29 @@ first_code(unsigned present, unsigned mask)
 }
 
 /* The canonical relationship of each step a -> b (algorithms._path), as codes: 0-3 when
- * stored a -> b (in a's out-array, with the lowest code of out_mask), else 8-11 when stored
- * b -> a (in a's in-array, with the lowest code of in_mask). Each step is read on the node the
- * search expanded to take it, whose arrays are in the cache: a up to the meeting node, b after. */
+ * stored a -> b (in a's out-entries, with the lowest code of out_mask), else 8-11 when stored
+ * b -> a (in a's in-entries, with the lowest code of in_mask). Each step is read on the node
+ * the search expanded to take it, whose entries are in the cache: a up to the meeting node,
+ * b after. */
 static int
-step_codes(const Search *search, Py_ssize_t meet_at, PyObject *outs, PyObject *ins,
-           unsigned out_mask, unsigned in_mask, int *codes)
+step_codes(const Search *search, Py_ssize_t meet_at, unsigned out_mask, unsigned in_mask,
+           int *codes)
 {
+    const Topology *topo = search->topo;
     const Vec *nodes = &search->scratch->nodes;
     for (Py_ssize_t i = 1; i < nodes->len; i++) {
         int64_t a = nodes->items[i - 1], b = nodes->items[i];
         int from_a = i <= meet_at;
         int code = -1;
         if (out_mask & 0xF) {
-            int present = from_a ? codes_towards(outs, ins, a, b) : codes_towards(ins, outs, b, a);
-            if (present < 0)
-                return -1;
-            code = first_code((unsigned)present, out_mask);
+            unsigned present = from_a ? codes_towards(topo, OUT_ENTRIES, a, b)
+                                      : codes_towards(topo, IN_ENTRIES, b, a);
+            code = first_code(present, out_mask);
         }
         if (code < 0 && in_mask & 0xF) {
-            int present = from_a ? codes_towards(ins, outs, a, b) : codes_towards(outs, ins, b, a);
-            if (present < 0)
-                return -1;
-            code = first_code((unsigned)present, in_mask);
+            unsigned present = from_a ? codes_towards(topo, IN_ENTRIES, a, b)
+                                      : codes_towards(topo, OUT_ENTRIES, b, a);
+            code = first_code(present, in_mask);
             if (code >= 0)
                 code += 8;
         }
@@ -700,57 +1133,35 @@ step_codes(const Search *search, Py_ssize_t meet_at, PyObject *outs, PyObject *i
     return 0;
 }
 
+/* The Path of `names` (strong references, given up here) with the relationships of `codes`. */
 static PyObject *
-name_of(PyObject *names, int64_t node)
-{
-    if (node < 0 || node >= PyList_GET_SIZE(names)) {
-        PyErr_Format(PyExc_IndexError, "node %lld has no name", (long long)node);
-        return NULL;
-    }
-    return PyList_GET_ITEM(names, node);
-}
-
-/* The Path of `nodes` with the relationships of `codes`; copies both first: building objects
- * can run Python code (a finalizer), which could start a search on the scratch. */
-static PyObject *
-build_path(PyObject *names, const int64_t *nodes, const int *codes, Py_ssize_t n)
+build_path(PyObject **names, const int *codes, Py_ssize_t n)
 {
     PyObject *entities = PyList_New(n);
-    PyObject *keys = PyList_New(n - 1);
-    if (entities == NULL || keys == NULL)
-        goto error;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name = name_of(names, nodes[i]);
-        if (name == NULL)
-            goto error;
-        PyList_SET_ITEM(entities, i, Py_NewRef(name));
+    PyObject *keys = entities ? PyList_New(n - 1) : NULL;
+    if (keys == NULL) {
+        Py_XDECREF(entities);
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_DECREF(names[i]);
+        return NULL;
     }
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyList_SET_ITEM(entities, i, names[i]);
     for (Py_ssize_t i = 1; i < n; i++) {
         PyObject *a = PyList_GET_ITEM(entities, i - 1), *b = PyList_GET_ITEM(entities, i);
         int code = codes[i - 1];
         PyObject *key = code < 8 ? new_key(a, code, b) : new_key(b, code - 8, a);
-        if (key == NULL)
-            goto error;
+        if (key == NULL) {
+            Py_DECREF(entities);
+            Py_DECREF(keys);
+            return NULL;
+        }
         PyList_SET_ITEM(keys, i - 1, key);
     }
     return new_path(entities, keys);
-error:
-    Py_XDECREF(entities);
-    Py_XDECREF(keys);
-    return NULL;
 }
 
 /* ------------------------------------------------------------------------------ find_path */
-
-static int
-as_node(PyObject *value, int64_t *node)
-{
-    long long n = PyLong_AsLongLong(value);
-    if (n == -1 && PyErr_Occurred())
-        return -1;
-    *node = n;
-    return 0;
-}
 
 /* an int, clamped to +-2**62 (no overflow in the arithmetic on it) */
 static int
@@ -781,48 +1192,92 @@ as_mask(PyObject *value, unsigned *mask)
 
 #define SMALL_PATH 16
 
+/* The Path the search met on. Names and codes are taken before any object is made: making
+ * one can run Python code (a finalizer), which may change the topology or search again. */
 static PyObject *
-answer(Search *search, PyObject *names, PyObject *outs, PyObject *ins, unsigned out_mask,
-       unsigned in_mask)
+answer(Search *search, unsigned out_mask, unsigned in_mask)
 {
     Py_ssize_t meet_at = path_nodes(search);
     if (meet_at < 0)
         return NULL;
+    const Topology *topo = search->topo;
     Py_ssize_t n = search->scratch->nodes.len;
-    const int64_t *order = search->scratch->nodes.items;
-    const Py_ssize_t n_names = PyList_GET_SIZE(names);
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (order[i] >= 0 && order[i] < n_names)
-            prefetch(&((PyListObject *)names)->ob_item[order[i]]);
-    int64_t small_nodes[SMALL_PATH];
+    PyObject *small_names[SMALL_PATH];
     int small_codes[SMALL_PATH];
-    int64_t *nodes = small_nodes;
+    PyObject **names = small_names;
     int *codes = small_codes;
     if (n > SMALL_PATH) {
-        nodes = PyMem_Malloc((size_t)n * sizeof(int64_t));
+        names = PyMem_Malloc((size_t)n * sizeof(PyObject *));
         codes = PyMem_Malloc((size_t)n * sizeof(int));
-        if (nodes == NULL || codes == NULL) {
-            PyMem_Free(nodes);
+        if (names == NULL || codes == NULL) {
+            PyMem_Free(names);
             PyMem_Free(codes);
             return PyErr_NoMemory();
         }
     }
-    memcpy(nodes, search->scratch->nodes.items, (size_t)n * sizeof(int64_t));
     PyObject *path = NULL;
-    if (step_codes(search, meet_at, outs, ins, out_mask, in_mask, codes) == 0) {
+    if (step_codes(search, meet_at, out_mask, in_mask, codes) == 0) {
         for (Py_ssize_t i = 0; i < n; i++)
-            if (nodes[i] >= 0 && nodes[i] < n_names)
-                prefetch(PyList_GET_ITEM(names, nodes[i]));
-        /* the scratch is no longer needed: a search started while building may take it */
+            names[i] = Py_NewRef(topo->nodes[search->scratch->nodes.items[i]].name);
         give_back(search->scratch);
         search->scratch = NULL;
-        path = build_path(names, nodes, codes, n);
+        ((Topology *)topo)->searching = 0;
+        path = build_path(names, codes, n);
     }
-    if (nodes != small_nodes) {
-        PyMem_Free(nodes);
+    if (names != small_names) {
+        PyMem_Free(names);
         PyMem_Free(codes);
     }
     return path;
+}
+
+/* The node of both ends, their lookups overlapping: the strings' hashes, then the id slots,
+ * then the node records are each brought in for both before either is followed. 0, or -1. */
+static int
+ends(const Topology *topo, PyObject *source, PyObject *target, int64_t *s, int64_t *t)
+{
+    prefetch(source);
+    prefetch(target);
+    Py_hash_t hs = PyObject_Hash(source);
+    if (hs == -1)
+        return -1;
+    Py_hash_t ht = PyObject_Hash(target);
+    if (ht == -1)
+        return -1;
+    const IdSlot *slot_s = &topo->ids[home(topo, hs)], *slot_t = &topo->ids[home(topo, ht)];
+    prefetch(slot_s);
+    prefetch(slot_t);
+    if (slot_s->node1)
+        prefetch(&topo->nodes[slot_s->node1 - 1]);
+    if (slot_t->node1)
+        prefetch(&topo->nodes[slot_t->node1 - 1]);
+    *s = lookup_hashed(topo, source, hs);
+    if (*s == -2)
+        return -1;
+    if (*s >= 0 && topo->nodes[*s].cap)
+        prefetch(topo->nodes[*s].u.heap);
+    *t = lookup_hashed(topo, target, ht);
+    if (*t == -2)
+        return -1;
+    if (*t >= 0 && topo->nodes[*t].cap)
+        prefetch(topo->nodes[*t].u.heap);
+    return 0;
+}
+
+/* source == target, as Python compares them; for two strings, their (cached) hashes first */
+static int
+same_entity(PyObject *source, PyObject *target)
+{
+    if (source == target)
+        return 1;
+    if (PyUnicode_CheckExact(source) && PyUnicode_CheckExact(target)) {
+        Py_hash_t hs = PyObject_Hash(source), ht = PyObject_Hash(target);
+        if (hs == -1 || ht == -1)
+            return -1;
+        if (hs != ht)
+            return 0;
+    }
+    return PyObject_RichCompareBool(source, target, Py_EQ);
 }
 
 static PyObject *
@@ -836,24 +1291,18 @@ find_path(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "_pathcore.configure was not called");
         return NULL;
     }
-    PyObject *tables = args[0], *source = args[1], *target = args[2];
+    if (!PyObject_TypeCheck(args[0], &TopologyType)) {
+        PyErr_SetString(PyExc_TypeError, "find_path searches a Topology");
+        return NULL;
+    }
+    Topology *topo = (Topology *)args[0];
+    PyObject *source = args[1], *target = args[2];
     long long max_depth, visit_limit;
     unsigned out_mask, in_mask;
     if (as_bound(args[3], &max_depth) < 0 || as_mask(args[4], &out_mask) < 0 ||
         as_mask(args[5], &in_mask) < 0 || as_bound(args[6], &visit_limit) < 0)
         return NULL;
-    if (!PyTuple_Check(tables) || PyTuple_GET_SIZE(tables) != 4 ||
-        !PyDict_Check(PyTuple_GET_ITEM(tables, 0)) || !PyList_Check(PyTuple_GET_ITEM(tables, 1)) ||
-        !PyList_Check(PyTuple_GET_ITEM(tables, 2)) || !PyList_Check(PyTuple_GET_ITEM(tables, 3))) {
-        PyErr_SetString(PyExc_TypeError, "tables must be GraphIndex.tables");
-        return NULL;
-    }
-    PyObject *ids = PyTuple_GET_ITEM(tables, 0), *names = PyTuple_GET_ITEM(tables, 1);
-    PyObject *outs = PyTuple_GET_ITEM(tables, 2), *ins = PyTuple_GET_ITEM(tables, 3);
-    /* the ends' lookups: their cache misses overlap */
-    prefetch(source);
-    prefetch(target);
-    int same = PyObject_RichCompareBool(source, target, Py_EQ);
+    int same = same_entity(source, target);
     if (same < 0)
         return NULL;
     if (same) {
@@ -862,49 +1311,42 @@ find_path(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyList_SET_ITEM(entities, 0, Py_NewRef(source));
         return new_path(entities, PyList_New(0));
     }
-    PyObject *s_id = PyDict_GetItemWithError(ids, source);
-    if (s_id == NULL && PyErr_Occurred())
-        return NULL;
-    if (s_id != NULL)
-        prefetch(s_id);
-    PyObject *t_id = PyDict_GetItemWithError(ids, target);
-    if (t_id == NULL && PyErr_Occurred())
-        return NULL;
-    if (s_id == NULL || t_id == NULL || max_depth == 0)
-        Py_RETURN_NONE;
     int64_t s, t;
-    if (as_node(s_id, &s) < 0 || as_node(t_id, &t) < 0)
+    if (ends(topo, source, target, &s, &t) < 0)
         return NULL;
+    if (s < 0 || t < 0 || max_depth == 0)
+        Py_RETURN_NONE;
 
-    Search search = {.visit_limit = visit_limit, .names = names};
-    /* forward: out-arrays with the out codes, in-arrays with the in codes; backward: the other
-     * way round (a side with no code is left out) */
+    Search search = {.visit_limit = visit_limit, .topo = topo};
+    /* forward: out-entries with the out codes, in-entries with the in codes; backward: the
+     * other way round (a side with no code is left out) */
     if (out_mask && in_mask) {
         search.n_sides = 2;
-        search.sides[FORWARD][0] = (Side){outs, out_mask};
-        search.sides[FORWARD][1] = (Side){ins, in_mask};
-        search.sides[BACKWARD][0] = (Side){ins, out_mask};
-        search.sides[BACKWARD][1] = (Side){outs, in_mask};
+        search.sides[FORWARD][0] = (Side){OUT_ENTRIES, out_mask};
+        search.sides[FORWARD][1] = (Side){IN_ENTRIES, in_mask};
+        search.sides[BACKWARD][0] = (Side){IN_ENTRIES, out_mask};
+        search.sides[BACKWARD][1] = (Side){OUT_ENTRIES, in_mask};
     }
     else if (out_mask) {
         search.n_sides = 1;
-        search.sides[FORWARD][0] = (Side){outs, out_mask};
-        search.sides[BACKWARD][0] = (Side){ins, out_mask};
+        search.sides[FORWARD][0] = (Side){OUT_ENTRIES, out_mask};
+        search.sides[BACKWARD][0] = (Side){IN_ENTRIES, out_mask};
     }
     else {
         search.n_sides = 1;
-        search.sides[FORWARD][0] = (Side){ins, in_mask};
-        search.sides[BACKWARD][0] = (Side){outs, in_mask};
+        search.sides[FORWARD][0] = (Side){IN_ENTRIES, in_mask};
+        search.sides[BACKWARD][0] = (Side){OUT_ENTRIES, in_mask};
     }
     Scratch own;
     search.scratch = take_scratch(&own);
     if (search.scratch == NULL)
         return NULL;
+    int was_searching = topo->searching;
+    topo->searching = 1;
     PyObject *result = NULL;
-    const int64_t ends[2] = {s, t};
-    switch (warm(names, outs, ins, ends, 2) < 0 ? FAILED : bfs(&search, s, t, max_depth)) {
+    switch (bfs(&search, s, t, max_depth)) {
     case MET:
-        result = answer(&search, names, outs, ins, out_mask, in_mask);
+        result = answer(&search, out_mask, in_mask);
         break;
     case NO_MEET:
         result = Py_NewRef(Py_None);
@@ -912,6 +1354,7 @@ find_path(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     case OVER_LIMIT: {
         give_back(search.scratch);
         search.scratch = NULL;
+        topo->searching = was_searching;
         PyObject *visited = PyLong_FromLongLong(search.visited);
         if (visited != NULL) {
             result = PyObject_CallFunctionObjArgs(over_limit, args[6], visited, NULL);
@@ -928,6 +1371,7 @@ find_path(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (search.scratch != NULL)
         give_back(search.scratch);
+    topo->searching = was_searching;
     return result;
 }
 
@@ -937,14 +1381,14 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(Path, RelationshipKey, types by code, over_limit): what find_path answers with"},
     {"find_path", (PyCFunction)(void (*)(void))find_path, METH_FASTCALL,
-     "find_path(tables, source, target, max_depth, out_mask, in_mask, visit_limit) -> Path | None"},
+     "find_path(topology, source, target, max_depth, out_mask, in_mask, visit_limit) -> Path | None"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "_pathcore",
-    "The bidirectional search of algorithms.find_path, in C (see algorithms.py).",
+    "The topology of a GraphIndex in C, and the search of algorithms.find_path on it.",
     -1,
     methods,
 };
@@ -952,5 +1396,14 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__pathcore(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&TopologyType) < 0)
+        return NULL;
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(mod, "Topology", (PyObject *)&TopologyType) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

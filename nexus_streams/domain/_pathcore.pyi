@@ -1,11 +1,22 @@
-"""The C search of algorithms.find_path (_pathcore.c); optional: see algorithms.NATIVE."""
+"""The topology of a GraphIndex in C, and the search of algorithms.find_path on it
+(_pathcore.c); optional: see index.TOPOLOGY and algorithms.NATIVE."""
 
-from array import array
 from collections.abc import Callable
 from typing import NoReturn
 
 from nexus_streams.domain.algorithms import Path
 from nexus_streams.domain.relationships import RelationshipKey, RelationType
+
+class Topology:
+    """The graph of one GraphIndex: node numbers, names and entries as the index keeps them."""
+
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def add(self, source: int, source_name: str, target: int, target_name: str, code: int, /) -> None: ...
+    def remove(self, source: int, target: int, code: int, /) -> bool: ...
+    def release(self, node: int, /) -> None: ...
+    def node_of(self, name: str, /) -> int | None: ...
+    def entries(self, node: int, /) -> tuple[str, list[int], list[int]] | None: ...
 
 def configure(
     path: type[Path],
@@ -15,7 +26,7 @@ def configure(
     /,
 ) -> None: ...
 def find_path(
-    tables: tuple[dict[str, int], list[str | None], list[array[int] | None], list[array[int] | None]],
+    topology: Topology,
     source: str,
     target: str,
     max_depth: int,

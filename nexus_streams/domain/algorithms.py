@@ -6,15 +6,16 @@ visit limit) and raises `ResourceLimit` rather than answering partially, so the 
 do on the event loop is capped. Whole-graph questions belong to domain/analysis.py.
 
 find_path's search runs in C when the extension is built (domain/_pathcore.c, `NATIVE`): the
-same bidirectional BFS over the same lists and arrays, giving the same answers and errors
-(tests/unit/test_pathcore.py). `_find_path` below is the Python reference and the fallback (no
-C compiler at install, or NEXUS_STREAMS_PURE_PYTHON=1). Why C: on a near pair the Python search
-does what networkx's does, so it cannot be much faster than it; in C a near pair costs about
-the handful of cache misses that reaching both ends' arrays takes.
+same bidirectional BFS on the index's C mirror (`GraphIndex.native`, the same nodes and entries
+in the same order), giving the same answers and errors (tests/unit/test_pathcore.py).
+`_find_path` below is the Python reference and the fallback (no C compiler at install, or
+NEXUS_STREAMS_PURE_PYTHON=1). Why C: on a near pair the Python search does what networkx's does,
+so it cannot be much faster than it; in C a near pair costs about the cache misses of reaching
+both ends and their neighbours.
 
 Measured at 1M relationships on a 2-core machine (bench/graph.py), find_path max_depth=3 at p50:
-~2.3 us for pairs within 3 hops and ~2.7 us for random pairs in C, ~7 / ~10 us in Python
-(networkx: ~8 us bidirectional on the first, ~100 us for its best bounded query on the second).
+~2 us for pairs within 3 hops and for random pairs in C, ~10 / ~11 us in Python (networkx:
+~9 us bidirectional on the first, ~80 us for its best bounded query on the second).
 A search that exhausts its visit limit costs ~0.1 us per visited entity in C (~0.8 in Python)
 and resolve_dependencies' DFS ~1.2 us, so the visit limit, not the depth, bounds the longest step:
 ~50k fits 50 ms. In the Python find_path, building the answer (Path, RelationshipKeys) costs about
@@ -22,19 +23,24 @@ as much as the search on a near pair: hence relationships.make_key and _new_path
 
 from __future__ import annotations
 
-import os
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, NoReturn, TypeAlias, cast
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, TypeAlias, cast
 
 from nexus_streams.domain.errors import CycleDetected, ResourceLimit, ValidationFailed
-from nexus_streams.domain.index import TYPES_BY_CODE, Direction, GraphIndex, _steps
+from nexus_streams.domain.index import (
+    PURE_PYTHON_ENV,
+    TOPOLOGY,
+    TYPES_BY_CODE,
+    Direction,
+    GraphIndex,
+    _steps,
+)
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, make_key, parse_type
 
-#: set to 1 to run find_path's pure-Python search even where the C extension is built
-PURE_PYTHON_ENV = "NEXUS_STREAMS_PURE_PYTHON"
-
+if TYPE_CHECKING:
+    from nexus_streams.domain._pathcore import Topology
 
 #: every code stored in the arrays (child is never stored), in the order paths prefer them
 _CODE_ORDER = (0, 1, 2, 3)
@@ -45,8 +51,8 @@ DEFAULT_DEPENDENCY_TYPES = (RelationType.OWNER, RelationType.MEMBER, RelationTyp
 _Arrays: TypeAlias = "list[array[int] | None]"
 #: GraphIndex.tables: ids, names, out-arrays, in-arrays
 _Tables: TypeAlias = "tuple[dict[str, int], list[str | None], _Arrays, _Arrays]"
-#: _pathcore.find_path(tables, source, target, max_depth, out_mask, in_mask, visit_limit)
-_NativeFindPath: TypeAlias = "Callable[[_Tables, str, str, int, int, int, int], Path | None]"
+#: _pathcore.find_path(topology, source, target, max_depth, out_mask, in_mask, visit_limit)
+_NativeFindPath: TypeAlias = "Callable[[Topology, str, str, int, int, int, int], Path | None]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +225,9 @@ def find_path(
         codes = _BOTH_ALL
     else:
         codes = _step_codes(direction, None if types is None else _type_set(types))
-    if _native_find_path is not None:
+    if _native_find_path is not None and index.native is not None:
         return _native_find_path(
-            index.tables, source, target, max_depth, codes.out_mask, codes.in_mask, visit_limit
+            index.native, source, target, max_depth, codes.out_mask, codes.in_mask, visit_limit
         )
     return _find_path(index.tables, source, target, max_depth, codes, visit_limit)
 
@@ -310,12 +316,10 @@ _native_find_path: _NativeFindPath | None = None
 def _load_native() -> _NativeFindPath | None:
     """The C search, unless the environment asks for pure Python or it was not built (no C
     compiler at install time)."""
-    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+    if TOPOLOGY is None:
         return None
-    try:
-        from nexus_streams.domain import _pathcore
-    except ImportError:
-        return None
+    from nexus_streams.domain import _pathcore
+
     _pathcore.configure(Path, RelationshipKey, _TYPES, _over_limit)
     return _pathcore.find_path
 

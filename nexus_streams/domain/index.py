@@ -3,10 +3,17 @@
 Entity ids are interned to ints; each entity has an out- and an in-array of packed
 `neighbour * 8 + type` entries (canonical direction, see relationships.canonical_key). Membership,
 insert and delete are C-level scans of one entity's array, so they cost O(degree) without Python
-loops. Measured at 1M relationships (bench/graph.py, a busy 2-core machine): ~6-9 us per insert,
-~170 bytes per relationship of resident memory with the interned ids included, a depth-3
-find_path in ~2.3 us at p50 on near pairs (its search is in C, domain/_pathcore.c, which reads
-these lists and arrays in place: keep them lists of array('q') or None).
+loops.
+
+Where the C extension is built, the index also keeps the same graph in a `_pathcore.Topology`
+(`native`): the same node numbers and entries in the same order, in 64-byte node records with
+small adjacency inline and a C id table, which find_path's C search reads (domain/_pathcore.c
+says why). add and remove keep it in step; the Python lists and arrays stay the ones every
+other algorithm and the Python search read.
+
+Measured at 1M relationships (bench/graph.py, a 2-core machine): ~6-11 us per insert, ~230
+bytes per relationship of resident memory with the interned ids and the Topology (~60 of it)
+included, a depth-3 find_path in ~2 us at p50.
 
 Metadata, versions and timestamps are not here: they live in the changelog-backed table, which
 is the authority; this index is rebuilt from it on recovery.
@@ -14,12 +21,37 @@ is the authority; this index is rebuilt from it on recovery.
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from nexus_streams.domain.relationships import RelationshipKey, RelationType
+
+if TYPE_CHECKING:
+    from nexus_streams.domain._pathcore import Topology
+
+#: set to 1 to run find_path's pure-Python search even where the C extension is built: the
+#: index then keeps no Topology either
+PURE_PYTHON_ENV = "NEXUS_STREAMS_PURE_PYTHON"
+
+
+def _load_topology() -> type[Topology] | None:
+    """_pathcore.Topology, unless the environment asks for pure Python or the extension was not
+    built (no C compiler at install time)."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from nexus_streams.domain import _pathcore
+    except ImportError:
+        return None
+    return _pathcore.Topology
+
+
+#: the C mirror of the topology that find_path's C search reads, or None (see algorithms.NATIVE)
+TOPOLOGY: type[Topology] | None = _load_topology()
 
 TYPE_CODES: dict[RelationType, int] = {
     RelationType.OWNER: 0,
@@ -76,7 +108,18 @@ def _steps(
 class GraphIndex:
     """Topology of one namespace's relationships, in canonical form."""
 
-    __slots__ = ("_ids", "_names", "_out", "_in", "_count", "_by_type", "_degrees", "_free", "tables")
+    __slots__ = (
+        "_ids",
+        "_names",
+        "_out",
+        "_in",
+        "_count",
+        "_by_type",
+        "_degrees",
+        "_free",
+        "tables",
+        "native",
+    )
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
@@ -94,6 +137,9 @@ class GraphIndex:
         self.tables: tuple[
             dict[str, int], list[str | None], list[array[int] | None], list[array[int] | None]
         ] = (self._ids, self._names, self._out, self._in)
+        #: the same graph in C (_pathcore.Topology) for find_path's C search, kept in step by
+        #: add and remove; None where the extension is not built or is turned off
+        self.native: Topology | None = TOPOLOGY() if TOPOLOGY is not None else None
 
     def __len__(self) -> int:
         return self._count
@@ -133,6 +179,8 @@ class GraphIndex:
         self._names[node] = None
         self._out[node] = None
         self._in[node] = None
+        if self.native is not None:
+            self.native.release(node)
         self._move_degree(0, None)
         self._free.append(node)
 
@@ -171,6 +219,8 @@ class GraphIndex:
             else:
                 entries.append(packed)
             self._move_degree(degree, degree + 1)
+        if self.native is not None:
+            self.native.add(s, key.source, t, key.target, code)
         self._count += 1
         self._by_type[key.type] += 1
         return True
@@ -190,6 +240,8 @@ class GraphIndex:
             if not entries:
                 arrays[node] = None
             self._move_degree(degree, degree - 1)
+        if self.native is not None:
+            self.native.remove(s, t, code)
         self._count -= 1
         self._by_type[key.type] -= 1
         self._release_if_isolated(s)

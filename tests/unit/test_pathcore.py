@@ -1,9 +1,12 @@
 """The C search of find_path (domain/_pathcore.c) answers exactly what the Python one answers:
-the same path among equal ones, the same relationships, the same ResourceLimit figures."""
+the same path among equal ones, the same relationships, the same ResourceLimit figures. Its
+Topology mirrors the index's Python structures exactly, through any adds and removes."""
 
 from __future__ import annotations
 
 import os
+import random
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,7 +19,7 @@ from nexus_streams.domain.algorithms import Path, find_path, use_native
 from nexus_streams.domain.errors import NexusError
 from nexus_streams.domain.index import Direction, GraphIndex
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key
-from tests.unit.test_index import ENTITIES, index_of, random_keys
+from tests.unit.test_index import ENTITIES, index_of, operations, random_keys
 
 
 @pytest.fixture
@@ -135,8 +138,95 @@ def test_pathcore__long_path__same_answer_as_python() -> None:
 
 
 @pytest.mark.usefixtures("native_only")
-def test_pathcore__not_tables__type_error() -> None:
+def test_pathcore__not_a_topology__type_error() -> None:
     from nexus_streams.domain import _pathcore
 
-    with pytest.raises(TypeError):
-        _pathcore.find_path(({}, [], [], None), "a", "b", 3, 15, 15, 10)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Topology"):
+        _pathcore.find_path(({}, [], [], None), "a", "b", 3, 15, 15, 10)
+
+
+# --------------------------------------------------------------------------- the Topology
+
+
+def assert_mirrors(index: GraphIndex) -> None:
+    """The Topology holds what the index's lists and arrays hold, node by node, in order."""
+    native = index.native
+    assert native is not None
+    names, outs, ins = index.adjacency_lists()
+    for node, name in enumerate(names):
+        if name is None:
+            assert native.entries(node) is None
+            continue
+        assert native.entries(node) == (name, list(outs[node] or ()), list(ins[node] or ()))
+        assert native.node_of(name) == node
+        assert native.node_of(name + "") == node
+        assert native.node_of("".join(name)) == node  # an equal string, not the same object
+    assert len(native) == index.entity_count
+    assert native.node_of("nobody") is None
+
+
+@pytest.mark.usefixtures("native_only")
+@settings(max_examples=400, deadline=None)
+@given(operations, entities, entities)
+def test_topology__random_add_remove__mirrors_the_index_and_searches_alike(
+    ops: list[tuple[bool, RelationshipKey]], source: str, target: str
+) -> None:
+    index = GraphIndex()
+    for adding, key in ops:
+        if adding:
+            index.add(key)
+        else:
+            index.remove(key)
+    assert_mirrors(index)
+    for max_depth in (1, 2, 4):
+        assert_same(index, source, target, max_depth=max_depth)
+
+
+@pytest.mark.usefixtures("native_only")
+def test_topology__many_entities_and_hubs__mirrors_through_growth_and_removal() -> None:
+    """Thousands of entities grow the id table and the node records; a hub's entries move out
+    of its record and back; removing in random order exercises the id table's deletion."""
+    rnd = random.Random(3)
+    types = [RelationType.OWNER, RelationType.MEMBER, RelationType.LINKED, RelationType.PARENT]
+    keys = {
+        canonical_key(f"u{rnd.randrange(3000)}", rnd.choice(types), f"w{rnd.randrange(2000)}")
+        for _ in range(6000)
+    }
+    keys |= {canonical_key("hub", RelationType.MEMBER, f"u{i}") for i in range(40)}
+    index = index_of(sorted(keys, key=str))
+    assert_mirrors(index)
+    size_full = sys.getsizeof(index.native)
+    doomed = list(keys)
+    rnd.shuffle(doomed)
+    for i, key in enumerate(doomed[: len(doomed) * 3 // 4]):
+        assert index.remove(key)
+        if i % 1000 == 0:
+            assert_mirrors(index)
+    assert_mirrors(index)
+    for source, target in [("hub", "u7"), ("u1", "w5"), ("u10", "u20"), ("w3", "hub")]:
+        assert_same(index, source, target, max_depth=4)
+    for key in doomed[: len(doomed) // 2]:  # numbers are reused
+        index.add(key)
+    assert_mirrors(index)
+    assert sys.getsizeof(index.native) >= size_full // 4
+
+
+@pytest.mark.usefixtures("native_only")
+def test_topology__misuse__clear_errors() -> None:
+    from nexus_streams.domain import _pathcore
+
+    topology = _pathcore.Topology()
+    with pytest.raises(TypeError, match="no arguments"):
+        _pathcore.Topology(1)  # type: ignore[call-arg]
+    topology.add(0, "a", 1, "b", 2)
+    assert topology.remove(1, 0, 2) is False  # stored 0 -> 1 only
+    with pytest.raises(ValueError, match="still has relationships"):
+        topology.release(0)
+    with pytest.raises(IndexError):
+        topology.remove(0, 9, 2)
+    with pytest.raises(ValueError, match="code"):
+        topology.add(0, "a", 1, "b", 8)
+    assert topology.remove(0, 1, 2) is True
+    topology.release(0)
+    topology.release(1)
+    assert len(topology) == 0 and topology.entries(0) is None and topology.node_of("a") is None
