@@ -20,6 +20,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__linux__)
@@ -38,6 +39,7 @@ static PyObject *key_target;
 static PyObject *types_by_code;   /* tuple: RelationType by code */
 static PyObject *over_limit;      /* over_limit(visit_limit, visited): raises ResourceLimit */
 
+/* the descriptor of slot `name` of `cls`: an object slot (__slots__), written in place */
 static PyObject *
 slot_descriptor(PyObject *cls, const char *name)
 {
@@ -46,8 +48,10 @@ slot_descriptor(PyObject *cls, const char *name)
         return NULL;
     PyObject *descr = PyMapping_GetItemString(dict, name);
     Py_DECREF(dict);
-    if (descr != NULL && Py_TYPE(descr)->tp_descr_set == NULL) {
-        PyErr_Format(PyExc_TypeError, "%s is not a slot", name);
+    if (descr != NULL && (!Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+                          ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX ||
+                          ((PyMemberDescrObject *)descr)->d_member->flags & READONLY)) {
+        PyErr_Format(PyExc_TypeError, "%s is not an object slot", name);
         Py_CLEAR(descr);
     }
     return descr;
@@ -322,6 +326,19 @@ typedef struct {
     } u;
 } Node;
 
+/* Entries that outgrow their record go to blocks of 8, 16, 32 or 64 entries (a multiple of a
+ * cache line, aligned to one) carved from chunks the topology owns: chunks grow from 16 KiB to
+ * 2 MiB, and those of 2 MiB are on huge pages like the tables. Bigger blocks come from the heap. */
+#define SLAB_CLASSES 4
+#define SLAB_MAX 64
+#define CHUNK_FIRST ((size_t)16 << 10)
+#define LINE 64
+
+typedef struct Chunk {
+    struct Chunk *next;
+    size_t bytes;
+} Chunk;
+
 /* the id table: open addressing, linear probing; node1 = node + 1, 0 for an empty slot */
 typedef struct {
     Py_hash_t hash;
@@ -336,7 +353,13 @@ typedef struct {
     size_t ids_mask;
     int ids_shift;
     Py_ssize_t ids_used;
-    Py_ssize_t heap_bytes; /* entries outside the records */
+    /* entries outside the records: blocks of up to SLAB_MAX entries carved from chunks */
+    int64_t *free_blocks[SLAB_CLASSES]; /* per class, linked through their first entry */
+    char *bump;                         /* the rest of the newest chunk */
+    size_t bump_left;
+    struct Chunk *chunks;
+    size_t next_chunk;
+    Py_ssize_t held_bytes; /* chunks, and the blocks of more than SLAB_MAX entries */
     int searching;         /* a search is reading the tables: they must not change */
 } Topology;
 
@@ -500,6 +523,63 @@ unname_node(Topology *topo, int64_t node, Py_hash_t hash)
     topo->ids_used--;
 }
 
+static inline int
+slab_class(uint32_t cap)
+{
+    return cap <= 8 ? 0 : cap <= 16 ? 1 : cap <= 32 ? 2 : 3;
+}
+
+/* room for `cap` entries (8, 16, 32, 64, then any): from the chunks, or the heap */
+static int64_t *
+entries_alloc(Topology *topo, uint32_t cap)
+{
+    size_t bytes = (size_t)cap * sizeof(int64_t);
+    if (cap > SLAB_MAX) {
+        int64_t *block = PyMem_Malloc(bytes);
+        if (block != NULL)
+            topo->held_bytes += (Py_ssize_t)bytes;
+        return block;
+    }
+    int c = slab_class(cap);
+    int64_t *block = topo->free_blocks[c];
+    if (block != NULL) {
+        topo->free_blocks[c] = *(int64_t **)block;
+        return block;
+    }
+    if (topo->bump_left < bytes) {
+        size_t size = topo->next_chunk ? topo->next_chunk : CHUNK_FIRST;
+        Chunk *chunk = table_alloc(size);
+        if (chunk == NULL)
+            return NULL;
+        chunk->next = topo->chunks;
+        chunk->bytes = size;
+        topo->chunks = chunk;
+        topo->held_bytes += (Py_ssize_t)size;
+        if (size < HUGE_FROM)
+            topo->next_chunk = size * 2;
+        uintptr_t first = ((uintptr_t)(chunk + 1) + LINE - 1) & ~(uintptr_t)(LINE - 1);
+        topo->bump = (char *)first;
+        topo->bump_left = size - (size_t)(first - (uintptr_t)chunk);
+    }
+    block = (int64_t *)topo->bump;
+    topo->bump += bytes;
+    topo->bump_left -= bytes;
+    return block;
+}
+
+static void
+entries_free(Topology *topo, int64_t *block, uint32_t cap)
+{
+    if (cap > SLAB_MAX) {
+        PyMem_Free(block);
+        topo->held_bytes -= (Py_ssize_t)cap * (Py_ssize_t)sizeof(int64_t);
+        return;
+    }
+    int c = slab_class(cap);
+    *(int64_t **)block = topo->free_blocks[c];
+    topo->free_blocks[c] = block;
+}
+
 /* inserts `item` at position `at` of the node's entries */
 static int
 insert_item(Topology *topo, Node *node, uint32_t at, int64_t item)
@@ -512,19 +592,16 @@ insert_item(Topology *topo, Node *node, uint32_t at, int64_t item)
     }
     if (total + 1 > room) {
         uint32_t cap = room < 8 ? 8 : (room > UINT32_MAX / 2 ? UINT32_MAX : room * 2);
-        int64_t *heap = PyMem_Malloc((size_t)cap * sizeof(int64_t));
+        int64_t *heap = entries_alloc(topo, cap);
         if (heap == NULL) {
             PyErr_NoMemory();
             return -1;
         }
         memcpy(heap, items_of(node), (size_t)total * sizeof(int64_t));
-        if (node->cap) {
-            PyMem_Free(node->u.heap);
-            topo->heap_bytes -= (Py_ssize_t)node->cap * 8;
-        }
+        if (node->cap)
+            entries_free(topo, node->u.heap, node->cap);
         node->u.heap = heap;
         node->cap = cap;
-        topo->heap_bytes += (Py_ssize_t)cap * 8;
     }
     int64_t *items = mutable_items(node);
     memmove(&items[at + 1], &items[at], (size_t)(total - at) * sizeof(int64_t));
@@ -545,10 +622,10 @@ remove_item(Topology *topo, Node *node, uint32_t from, uint32_t n, int64_t item)
         total--;
         if (node->cap && total <= INLINE) { /* back into the record */
             int64_t *heap = node->u.heap;
-            topo->heap_bytes -= (Py_ssize_t)node->cap * 8;
+            uint32_t cap = node->cap;
             node->cap = 0;
             memcpy(node->u.inline_items, heap, (size_t)total * sizeof(int64_t));
-            PyMem_Free(heap);
+            entries_free(topo, heap, cap);
         }
         return 1;
     }
@@ -647,10 +724,8 @@ topology_release(Topology *topo, PyObject *arg)
         return NULL;
     unname_node(topo, n, hash);
     PyObject *name = node->name;
-    if (node->cap) {
-        PyMem_Free(node->u.heap);
-        topo->heap_bytes -= (Py_ssize_t)node->cap * 8;
-    }
+    if (node->cap)
+        entries_free(topo, node->u.heap, node->cap);
     memset(node, 0, sizeof(*node));
     Py_DECREF(name);
     Py_RETURN_NONE;
@@ -712,7 +787,7 @@ static PyObject *
 topology_sizeof(Topology *topo, PyObject *Py_UNUSED(ignored))
 {
     size_t bytes = sizeof(Topology) + (size_t)topo->n_nodes * sizeof(Node) +
-                   (topo->ids ? (topo->ids_mask + 1) * sizeof(IdSlot) : 0) + (size_t)topo->heap_bytes;
+                   (topo->ids ? (topo->ids_mask + 1) * sizeof(IdSlot) : 0) + (size_t)topo->held_bytes;
     return PyLong_FromSize_t(bytes);
 }
 
@@ -744,9 +819,14 @@ topology_dealloc(Topology *topo)
 {
     for (Py_ssize_t i = 0; i < topo->n_nodes; i++) {
         Node *node = &topo->nodes[i];
-        if (node->cap)
+        if (node->cap > SLAB_MAX)
             PyMem_Free(node->u.heap);
         Py_XDECREF(node->name);
+    }
+    for (Chunk *chunk = topo->chunks; chunk != NULL;) {
+        Chunk *next = chunk->next;
+        table_free(chunk, chunk->bytes);
+        chunk = next;
     }
     table_free(topo->nodes, (size_t)topo->n_nodes * sizeof(Node));
     table_free(topo->ids, topo->ids ? (topo->ids_mask + 1) * sizeof(IdSlot) : 0);
@@ -1030,10 +1110,14 @@ path_nodes(Search *search)
 
 /* --------------------------------------------------------------------------- the answer */
 
+/* What the slot's descriptor would do on a new object (whose slots are all NULL), without
+ * its checks: configure made sure each is a writable object slot of that class. */
 static inline int
 set_slot(PyObject *descr, PyObject *obj, PyObject *value)
 {
-    return Py_TYPE(descr)->tp_descr_set(descr, obj, value);
+    PyObject **slot = (PyObject **)((char *)obj + ((PyMemberDescrObject *)descr)->d_member->offset);
+    Py_XSETREF(*slot, Py_NewRef(value));
+    return 0;
 }
 
 /* Path(entities, relationships) without its __init__, as algorithms._new_path; steals both */

@@ -192,7 +192,7 @@ def test_topology__many_entities_and_hubs__mirrors_through_growth_and_removal() 
         canonical_key(f"u{rnd.randrange(3000)}", rnd.choice(types), f"w{rnd.randrange(2000)}")
         for _ in range(6000)
     }
-    keys |= {canonical_key("hub", RelationType.MEMBER, f"u{i}") for i in range(40)}
+    keys |= {canonical_key("hub", RelationType.MEMBER, f"u{i}") for i in range(150)}
     index = index_of(sorted(keys, key=str))
     assert_mirrors(index)
     size_full = sys.getsizeof(index.native)
@@ -230,3 +230,20 @@ def test_topology__misuse__clear_errors() -> None:
     topology.release(0)
     topology.release(1)
     assert len(topology) == 0 and topology.entries(0) is None and topology.node_of("a") is None
+
+
+@pytest.mark.usefixtures("native_only")
+def test_topology__names__held_while_in_use_then_given_back() -> None:
+    name = "".join(["entity-", "held"])  # a string of its own, counted alone
+    before = sys.getrefcount(name)
+    index = index_of([canonical_key(name, RelationType.OWNER, f"w{i}") for i in range(20)])
+    path = find_path(index, name, "w3", max_depth=2)
+    assert path is not None and path.entities[0] is name
+    del path
+    assert sys.getrefcount(name) > before
+    for i in range(20):
+        index.remove(canonical_key(name, RelationType.OWNER, f"w{i}"))
+    assert sys.getrefcount(name) == before
+    index.add(canonical_key(name, RelationType.OWNER, "w0"))
+    del index
+    assert sys.getrefcount(name) == before
