@@ -1054,6 +1054,22 @@ bfs(Search *search, int64_t s, int64_t t, long long max_depth)
         push(&scratch->front[FORWARD], s) < 0 || push(&scratch->front[BACKWARD], t) < 0)
         return FAILED;
     search->count[FORWARD] = search->count[BACKWARD] = 1;
+    /* Most near pairs are one step apart. The first level expands the source and can only meet
+     * the target itself: the first entry leading to it is where that expansion would stop, so
+     * it is looked for first, before anything is recorded or prefetched. */
+    for (int j = 0; j < search->n_sides; j++) {
+        Py_ssize_t n;
+        const int64_t *items = entries(&search->topo->nodes[s], search->sides[FORWARD][j].which, &n);
+        const unsigned mask = search->sides[FORWARD][j].mask;
+        for (Py_ssize_t x = 0; x < n; x++) {
+            if (items[x] >> 3 == t && mask >> (items[x] & 7) & 1) {
+                search->meet = t;
+                search->meet_pred = s;
+                search->meet_side = FORWARD;
+                return MET;
+            }
+        }
+    }
     for (long long depth = 1; depth <= max_depth; depth++) {
         if (scratch->front[FORWARD].len == 0)
             return NO_MEET;

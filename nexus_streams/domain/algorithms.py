@@ -169,6 +169,7 @@ def _filter(codes: frozenset[int]) -> frozenset[int] | None:
 #: the default question (both directions, every type), without hashing the arguments
 _BOTH = Direction.BOTH
 _BOTH_ALL = _step_codes(_BOTH, None)
+_BOTH_OUT_MASK, _BOTH_IN_MASK = _BOTH_ALL.out_mask, _BOTH_ALL.in_mask
 #: relationship type by code, as a tuple
 _TYPES = tuple(TYPES_BY_CODE[code] for code in range(len(TYPES_BY_CODE)))
 
@@ -219,15 +220,22 @@ def find_path(
     The search runs in C when the extension is built (`NATIVE`), else in Python (`_find_path`,
     the reference): the same answers and errors.
     """
-    if max_depth < 0:
-        _check_depth(max_depth)
-    if types is None and direction is _BOTH:
+    native = index.native
+    if types is None and direction is _BOTH and max_depth >= 0:
+        # the common question, asked straight of the C search (a near pair costs about as
+        # much in C as the lines of this function would)
+        if _native_find_path is not None and native is not None:
+            return _native_find_path(
+                native, source, target, max_depth, _BOTH_OUT_MASK, _BOTH_IN_MASK, visit_limit
+            )
         codes = _BOTH_ALL
     else:
+        if max_depth < 0:
+            _check_depth(max_depth)
         codes = _step_codes(direction, None if types is None else _type_set(types))
-    if _native_find_path is not None and index.native is not None:
+    if _native_find_path is not None and native is not None:
         return _native_find_path(
-            index.native, source, target, max_depth, codes.out_mask, codes.in_mask, visit_limit
+            native, source, target, max_depth, codes.out_mask, codes.in_mask, visit_limit
         )
     return _find_path(index.tables, source, target, max_depth, codes, visit_limit)
 
