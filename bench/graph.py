@@ -6,7 +6,7 @@ snapshot. Not a test: it prints one table with the goals of DESIGN.md section 3.
 One namespace of random `user:N`, `wallet:N`, `group:N` entities (about half as many entities as
 relationships): users own wallets (35%), join groups whose popularity is skewed (35%), are linked
 to users or wallets to wallets (25%), and groups form a parent hierarchy (5%). Needs igraph and
-networkx; reads memory from /proc/self/statm (Linux) or psutil. About 3-5 minutes on 2 cores.
+networkx; reads memory from /proc/self/statm (Linux) or psutil. About 1-2 minutes on 2 cores.
 
 find_path runs its C search when the extension is built (algorithms.NATIVE), and the table says
 so; the Python search is then timed on the same pairs too. NEXUS_STREAMS_PURE_PYTHON=1 runs the
