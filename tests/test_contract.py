@@ -8,9 +8,15 @@ import pytest
 import yaml
 
 from nexus_streams.contract import render
+from nexus_streams.domain.errors import ErrorCode
+from nexus_streams.messages import PATTERN_ACTIONS, QUERY_ACTIONS, RELATIONSHIP_ACTIONS
+from nexus_streams.settings import Settings
 from nexus_streams.topics import ALL_TOPICS
 
-TOPICS_DIR = Path(__file__).resolve().parents[1] / "topics"
+REPO = Path(__file__).resolve().parents[1]
+TOPICS_DIR = REPO / "topics"
+README = (REPO / "README.md").read_text()
+TOPICS_README = (TOPICS_DIR / "README.md").read_text()
 RENDERED = render()
 
 
@@ -39,3 +45,29 @@ def test_contract__every_topic_is_a_channel_with_resolvable_messages() -> None:
             assert message["payload"]["$ref"] in RENDERED
     for operation in doc["operations"].values():
         assert operation["channel"]["$ref"].rsplit("/", 1)[-1] in doc["channels"]
+
+
+# ------------------------------------------------------------------ the hand-written docs
+
+
+def error_table() -> set[str]:
+    """The codes of the error table of topics/README.md."""
+    section = TOPICS_README.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    return {line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")}
+
+
+def test_docs__topics_error_table__lists_every_error_code() -> None:
+    assert error_table() == {code.value for code in ErrorCode}
+
+
+@pytest.mark.parametrize("doc", ["README.md", "topics/README.md"])
+def test_docs__every_command_and_query_action_is_named(doc: str) -> None:
+    text = README if doc == "README.md" else TOPICS_README
+    actions = [*RELATIONSHIP_ACTIONS, *QUERY_ACTIONS, *PATTERN_ACTIONS]
+    assert [a for a in actions if f"`{a}`" not in text] == []
+
+
+def test_docs__readme_settings_table__names_every_setting() -> None:
+    table = README.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in Settings.model_fields if f"`NEXUS_{name.upper()}`" not in table]
+    assert missing == []

@@ -138,6 +138,8 @@ def worker_env(kafka_bootstrap: str, redis_url: str, run_id: str) -> dict[str, s
         "NEXUS_ADMINS": "admin",
         # short enough for a test to see a parked query time out
         "NEXUS_MIN_OFFSET_WAIT_S": "4",
+        # small enough for a test to go over it (test_graph_kafka)
+        "NEXUS_MAX_DELETE_ENTITY": "20",
     }
 
 

@@ -107,6 +107,22 @@ async def test_delete_entity__one_event_per_relationship(wire: Wire, namespace: 
     assert stats["output"]["relationships"] == 0
 
 
+async def test_delete_entity__over_its_limit__resource_limit_and_nothing_removed(
+    wire: Wire, namespace: str
+) -> None:
+    """The test worker runs with NEXUS_MAX_DELETE_ENTITY=20 (conftest.worker_env)."""
+    commands = [create("hub:1", "owner", f"wallet:{i}") for i in range(21)]
+    await ok(wire, "relationships", namespace, {"action": "batch", "commands": commands})
+    result = await wire.request("relationships", namespace, {"action": "delete_entity", "entity": "hub:1"})
+    assert result["error"]["code"] == "resource_limit", result
+    assert result["error"]["details"] == {"relationships": 21, "limit": 20}
+    stats = await ok(wire, "queries", namespace, {"action": "stats"})
+    assert stats["output"]["relationships"] == 21
+    await ok(wire, "relationships", namespace, {**commands[0], "action": "delete"})
+    emptied = await ok(wire, "relationships", namespace, {"action": "delete_entity", "entity": "hub:1"})
+    assert emptied["output"]["deleted"] == 20
+
+
 async def test_batch__all_or_nothing(wire: Wire, namespace: str) -> None:
     failing = {
         "action": "batch",
@@ -224,6 +240,8 @@ async def test_queries__paths_traversals_cycles_dependencies(wire: Wire, namespa
         wire, "queries", namespace, {"action": "detect_cycles", "entity": "x:1", "types": ["member"]}
     )
     assert cycles["output"]["count"] == 1
+    (cycle,) = cycles["output"]["cycles"]
+    assert cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["x:1", "x:2", "x:3"]
     everywhere = await ok(
         wire, "queries", namespace, {"action": "detect_cycles", "types": ["member", "owner"]}
     )
@@ -239,6 +257,60 @@ async def test_queries__paths_traversals_cycles_dependencies(wire: Wire, namespa
         "queries", namespace, {"action": "resolve_dependencies", "entity": "x:1", "types": ["member"]}
     )
     assert cyclic["error"]["code"] == "cycle_detected"
+    cycle = cyclic["error"]["details"]["cycle"]
+    assert cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["x:1", "x:2", "x:3"]
+
+
+async def test_queries__filters_directions_and_shortest_paths(wire: Wire, namespace: str) -> None:
+    """Owners of X and members of Y, type and direction filters on every query, the shortest
+    path by hops among several."""
+    commands = [
+        create("org:1", "owner", "wallet:1"),
+        create("user:1", "owner", "wallet:1"),
+        create("user:1", "owner", "wallet:2"),
+        create("user:1", "member", "group:1"),
+        create("user:2", "member", "group:1"),
+        *(create(f"a:{i}", "linked", f"a:{i + 1}") for i in range(1, 4)),
+        create("a:1", "owner", "a:4"),
+    ]
+    await ok(wire, "relationships", namespace, {"action": "batch", "commands": commands})
+
+    async def neighbors(entity: str, direction: str, types: list[str]) -> set[str]:
+        query = {"action": "neighbors", "entity": entity, "direction": direction, "types": types}
+        answer = await ok(wire, "queries", namespace, query)
+        return {n["entity"] for n in answer["output"]["neighbors"]}
+
+    assert await neighbors("wallet:1", "in", ["owner"]) == {"org:1", "user:1"}  # owners of X
+    assert await neighbors("group:1", "in", ["member"]) == {"user:1", "user:2"}  # members of Y
+    assert await neighbors("user:1", "out", ["member"]) == {"group:1"}
+    assert await neighbors("user:1", "in", ["owner", "member"]) == set()
+    over = {"action": "neighbors", "entity": "group:1", "direction": "in", "types": ["member"], "limit": 1}
+    assert await error_code(wire, "queries", namespace, over) == "resource_limit"
+
+    async def path(source: str, target: str, **filters: object) -> list[str] | str:
+        query = {"action": "find_path", "source": source, "target": target, **filters}
+        answer = await wire.request("queries", namespace, query)
+        if answer["status"] != "ok":
+            return str(answer["error"]["code"])
+        assert len(answer["output"]["relationships"]) == len(answer["output"]["path"]) - 1
+        return list(answer["output"]["path"])
+
+    assert await path("a:1", "a:4") == ["a:1", "a:4"]  # the owner shortcut: 1 hop, not 3
+    assert await path("a:1", "a:4", types=["linked"]) == ["a:1", "a:2", "a:3", "a:4"]
+    assert await path("a:4", "a:1", types=["owner"], direction="out") == "path_not_found"
+    assert await path("a:4", "a:1", types=["owner"], direction="in") == ["a:4", "a:1"]
+    assert await path("org:1", "user:1", types=["owner"], direction="out") == "path_not_found"
+    assert await path("org:1", "user:1", types=["owner"]) == ["org:1", "wallet:1", "user:1"]
+
+    async def reached(**filters: object) -> set[tuple[str, int]]:
+        query = {"action": "traverse", "start": "user:1", "max_depth": 2, **filters}
+        answer = await ok(wire, "queries", namespace, query)
+        return {(e["id"], e["depth"]) for e in answer["output"]["entities"]}
+
+    assert await reached(types=["owner"], direction="out") == {("wallet:1", 1), ("wallet:2", 1)}
+    assert await reached(types=["owner"]) == {("wallet:1", 1), ("wallet:2", 1), ("org:1", 2)}
+    assert await reached(types=["member"]) == {("group:1", 1), ("user:2", 2)}
+    assert await reached(types=["member"], direction="in") == set()
 
 
 async def test_analyze_and_stats(wire: Wire, namespace: str) -> None:
@@ -247,11 +319,15 @@ async def test_analyze_and_stats(wire: Wire, namespace: str) -> None:
     assert stats["output"]["relationships"] == 9
     assert stats["output"]["by_type"] == {"owner": 3, "member": 3, "linked": 3, "parent": 0}
     assert stats["output"]["entities"] == 10
+    # the chain's two ends have one relationship, the other eight entities two
+    assert stats["output"]["degree"] == {"min": 1, "max": 2, "mean": 1.8, "median": 2}
     analysis = await ok(wire, "queries", namespace, {"action": "analyze", "top": 3, "max_age_ms": 0})
     output = analysis["output"]
     assert output["components"]["count"] == 3
     assert output["components"]["largest"] == 4
     assert len(output["top_by_pagerank"]) == 3
+    assert output["degree_distribution"] == {"1": 2, "2": 8}
+    assert [e["degree"] for e in output["top_by_degree"]] == [2, 2, 2]
     assert output["snapshot"]["relationships"] == 9
     assert output["snapshot"]["age_ms"] >= 0
 
