@@ -6,7 +6,8 @@
  * list slot, the array object, its items). A Topology keeps the same graph so that an end is
  * three: the string, a slot of its own id table, and one 64-byte node record that holds the
  * name and, up to INLINE entries, the adjacency itself. Its big tables ask the kernel for
- * transparent huge pages, so that a miss does not also cost a page walk.
+ * transparent huge pages, so that a miss does not also cost a page walk. Everything starts small
+ * and doubles: a namespace with a handful of relationships costs a few KiB here.
  *
  * GraphIndex (index.py) keeps its Python lists and arrays, which the Python algorithms and the
  * reference search read, and mirrors every change here: add(), remove(), release(). Node
@@ -327,11 +328,11 @@ typedef struct {
 } Node;
 
 /* Entries that outgrow their record go to blocks of 8, 16, 32 or 64 entries (a multiple of a
- * cache line, aligned to one) carved from chunks the topology owns: chunks grow from 16 KiB to
+ * cache line, aligned to one) carved from chunks the topology owns: chunks grow from 1 KiB to
  * 2 MiB, and those of 2 MiB are on huge pages like the tables. Bigger blocks come from the heap. */
 #define SLAB_CLASSES 4
 #define SLAB_MAX 64
-#define CHUNK_FIRST ((size_t)16 << 10)
+#define CHUNK_FIRST ((size_t)1 << 10)
 #define LINE 64
 
 typedef struct Chunk {
@@ -462,7 +463,7 @@ ensure_node(Topology *topo, int64_t node)
         PyErr_Format(PyExc_OverflowError, "node %lld is too large", (long long)node);
         return -1;
     }
-    Py_ssize_t count = topo->n_nodes ? topo->n_nodes * 2 : 64;
+    Py_ssize_t count = topo->n_nodes ? topo->n_nodes * 2 : 16;
     while (count <= node)
         count *= 2;
     Node *nodes = table_alloc((size_t)count * sizeof(Node));
@@ -807,7 +808,7 @@ topology_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Topology *topo = (Topology *)type->tp_alloc(type, 0);
     if (topo == NULL)
         return NULL;
-    if (ids_resize(topo, 64) < 0) {
+    if (ids_resize(topo, 16) < 0) {
         Py_DECREF(topo);
         return NULL;
     }

@@ -144,9 +144,11 @@ async def test_batch__all_or_nothing(wire: Wire, namespace: str) -> None:
 
 
 async def test_schema__checked_on_write(wire: Wire, namespace: str) -> None:
-    await ok(
-        wire, "relationships", namespace, {"action": "set_schema", "schema": {"owner": ["user -> wallet"]}}
-    )
+    schema = {"owner": ["user -> wallet"]}
+    result = await ok(wire, "relationships", namespace, {"action": "set_schema", "schema": schema})
+    [event] = await wire.events(result["request_id"])
+    assert event["type"] == "schema_changed"
+    assert event["data"]["schema"] == schema
     assert await error_code(wire, "relationships", namespace, create("group:1", "owner", "wallet:1")) == (
         "schema_violation"
     )

@@ -247,3 +247,12 @@ def test_topology__names__held_while_in_use_then_given_back() -> None:
     index.add(canonical_key(name, RelationType.OWNER, "w0"))
     del index
     assert sys.getrefcount(name) == before
+
+
+@pytest.mark.usefixtures("native_only")
+def test_topology__small_namespace__costs_a_few_kib() -> None:
+    """Workers hold many namespaces: a small one must not pay for the big tables."""
+    keys = [canonical_key("hub", RelationType.OWNER, f"w{i}") for i in range(10)]
+    keys += [canonical_key(f"w{i}", RelationType.LINKED, f"w{i + 1}") for i in range(9)]
+    index = index_of(keys)
+    assert sys.getsizeof(index.native) < 4096
