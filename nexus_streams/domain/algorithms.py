@@ -222,8 +222,8 @@ def find_path(
     """
     native = index.native
     if types is None and direction is _BOTH and max_depth >= 0:
-        # the common question, asked straight of the C search (a near pair costs about as
-        # much in C as the lines of this function would)
+        # the common question goes straight to the C search: a near pair takes ~1.5 us there,
+        # so every line of Python on the way shows in the total
         if _native_find_path is not None and native is not None:
             return _native_find_path(
                 native, source, target, max_depth, _BOTH_OUT_MASK, _BOTH_IN_MASK, visit_limit
