@@ -340,20 +340,49 @@ typedef struct Chunk {
     size_t bytes;
 } Chunk;
 
-/* the id table: open addressing, linear probing; node1 = node + 1, 0 for an empty slot */
+/* Node records live in blocks that double in size, so the table grows without ever copying
+ * what it holds (a copy of a big table would stall the event loop for tens of ms): block b
+ * holds FIRST_BLOCK << b records, and node n is in the block of the highest bit of
+ * n + FIRST_BLOCK. */
+#define FIRST_BLOCK_SHIFT 4
+#define FIRST_BLOCK ((int64_t)1 << FIRST_BLOCK_SHIFT)
+#define MAX_BLOCKS 36
+
+/* the id table: open addressing, linear probing; node1 = node + 1, 0 for an empty slot,
+ * TOMBSTONE for a slot emptied in a table that is being moved (see IdTables) */
 typedef struct {
     Py_hash_t hash;
     int64_t node1;
 } IdSlot;
 
+#define TOMBSTONE ((int64_t)-1)
+
+typedef struct {
+    IdSlot *slots; /* NULL: no table */
+    size_t mask;
+    int shift;
+    Py_ssize_t used; /* live entries */
+} IdTable;
+
+/* Growing the id table moves its entries a few at a time, not all at once: at a million
+ * entities a full rehash takes tens of ms, one event-loop step. While `old` is being moved,
+ * a name is looked for in `ids` then in `old`; new names go to `ids` only; each new name moves
+ * MOVE_STEP more slots of `old`; a name removed meanwhile leaves a tombstone in `old` (moving
+ * entries there could carry one past the cursor). Moving ends long before `ids` needs to grow
+ * again: it holds at most half of `old`'s size when moving starts, and gains one entry per
+ * MOVE_STEP slots moved. */
+#define MOVE_STEP 64
+
 typedef struct {
     PyObject_HEAD
-    Node *nodes;
+    /* node records, in blocks that double: block b holds FIRST_BLOCK << b of them (node_at) */
+    Node *blocks[MAX_BLOCKS];
+    int n_blocks;
     Py_ssize_t n_nodes; /* node numbers below this have a record (zeroed when free) */
-    IdSlot *ids;
-    size_t ids_mask;
-    int ids_shift;
-    Py_ssize_t ids_used;
+    IdTable ids;
+    IdTable old;     /* being moved into `ids`, or no table */
+    size_t old_next; /* the first slot of `old` not moved yet */
+    Py_ssize_t named; /* entities with a name */
     /* entries outside the records: blocks of up to SLAB_MAX entries carved from chunks */
     int64_t *free_blocks[SLAB_CLASSES]; /* per class, linked through their first entry */
     char *bump;                         /* the rest of the newest chunk */
@@ -365,6 +394,28 @@ typedef struct {
 } Topology;
 
 static PyTypeObject TopologyType;
+
+static inline int
+highest_bit(uint64_t value)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return 63 - __builtin_clzll(value);
+#else
+    int bit = 0;
+    while (value >>= 1)
+        bit++;
+    return bit;
+#endif
+}
+
+/* the record of `node` (0 <= node < n_nodes) */
+static inline Node *
+node_at(const Topology *topo, int64_t node)
+{
+    uint64_t at = (uint64_t)node + FIRST_BLOCK;
+    int top = highest_bit(at);
+    return &topo->blocks[top - FIRST_BLOCK_SHIFT][at - ((uint64_t)1 << top)];
+}
 
 static inline const int64_t *
 items_of(const Node *node)
@@ -379,50 +430,59 @@ mutable_items(Node *node)
 }
 
 static inline size_t
-home(const Topology *topo, Py_hash_t hash)
+home(const IdTable *table, Py_hash_t hash)
 {
-    return (size_t)(((uint64_t)hash * 0x9E3779B97F4A7C15ULL) >> topo->ids_shift);
+    return (size_t)(((uint64_t)hash * 0x9E3779B97F4A7C15ULL) >> table->shift);
 }
 
 static int
-ids_resize(Topology *topo, size_t size)
+table_init(IdTable *table, size_t size)
 {
-    IdSlot *slots = table_alloc(size * sizeof(IdSlot));
-    if (slots == NULL) {
+    table->slots = table_alloc(size * sizeof(IdSlot));
+    if (table->slots == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    IdSlot *old = topo->ids;
-    size_t old_size = old ? topo->ids_mask + 1 : 0;
-    topo->ids = slots;
-    topo->ids_mask = size - 1;
-    topo->ids_shift = 64;
+    table->mask = size - 1;
+    table->shift = 64;
     for (size_t s = size; s > 1; s >>= 1)
-        topo->ids_shift--;
-    for (size_t i = 0; i < old_size; i++) {
-        if (old[i].node1) {
-            size_t j = home(topo, old[i].hash);
-            while (slots[j].node1)
-                j = (j + 1) & topo->ids_mask;
-            slots[j] = old[i];
-        }
-    }
-    table_free(old, old_size * sizeof(IdSlot));
+        table->shift--;
+    table->used = 0;
     return 0;
 }
 
-/* The node of `name`, or -1 if it has none; -2 with an exception set. */
-static int64_t
-lookup_hashed(const Topology *topo, PyObject *name, Py_hash_t hash)
+static void
+table_drop(IdTable *table)
 {
-    for (size_t i = home(topo, hash);; i = (i + 1) & topo->ids_mask) {
-        const IdSlot *slot = &topo->ids[i];
+    if (table->slots != NULL)
+        table_free(table->slots, (table->mask + 1) * sizeof(IdSlot));
+    table->slots = NULL;
+    table->used = 0;
+}
+
+/* adds an entry that is not in the table (there is room: callers keep it at most half full) */
+static void
+table_put(IdTable *table, Py_hash_t hash, int64_t node1)
+{
+    size_t i = home(table, hash);
+    while (table->slots[i].node1 > 0)
+        i = (i + 1) & table->mask;
+    table->slots[i] = (IdSlot){hash, node1};
+    table->used++;
+}
+
+/* The node of `name` in `table`, or -1 if it has none; -2 with an exception set. */
+static int64_t
+table_find(const Topology *topo, const IdTable *table, PyObject *name, Py_hash_t hash)
+{
+    for (size_t i = home(table, hash);; i = (i + 1) & table->mask) {
+        const IdSlot *slot = &table->slots[i];
         if (!slot->node1)
             return -1;
-        if (slot->hash != hash)
+        if (slot->node1 < 0 || slot->hash != hash)
             continue;
         int64_t node = slot->node1 - 1;
-        PyObject *stored = topo->nodes[node].name;
+        PyObject *stored = node_at(topo, node)->name;
         if (stored == name)
             return node;
         if (PyUnicode_CheckExact(stored) && PyUnicode_CheckExact(name)) {
@@ -433,8 +493,8 @@ lookup_hashed(const Topology *topo, PyObject *name, Py_hash_t hash)
                 return node;
             continue;
         }
-        /* not plain strings: their __eq__ may run Python code, which must not see the tables
-         * change under it (they are re-read after) */
+        /* not plain strings: their __eq__ may run Python code; the topology refuses changes
+         * meanwhile only during a search, so this path is for lookups outside one */
         Py_INCREF(stored);
         int same = PyObject_RichCompareBool(stored, name, Py_EQ);
         Py_DECREF(stored);
@@ -443,6 +503,60 @@ lookup_hashed(const Topology *topo, PyObject *name, Py_hash_t hash)
         if (same)
             return node;
     }
+}
+
+/* removes the entry of `node`: backward-shift deletion, or a tombstone (`tomb`) */
+static void
+table_remove(IdTable *table, int64_t node, Py_hash_t hash, int tomb)
+{
+    size_t i = home(table, hash);
+    while (table->slots[i].node1 != node + 1) {
+        if (!table->slots[i].node1)
+            return;
+        i = (i + 1) & table->mask;
+    }
+    table->used--;
+    if (tomb) {
+        table->slots[i].node1 = TOMBSTONE;
+        return;
+    }
+    for (size_t j = (i + 1) & table->mask; table->slots[j].node1; j = (j + 1) & table->mask) {
+        size_t k = home(table, table->slots[j].hash);
+        /* the entry at j stays unless its home is cyclically outside (i, j] */
+        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (stays)
+            continue;
+        table->slots[i] = table->slots[j];
+        i = j;
+    }
+    table->slots[i].node1 = 0;
+}
+
+/* moves up to `count` slots of the old table into the new one; drops it once all are moved */
+static void
+move_ids(Topology *topo, size_t count)
+{
+    IdTable *old = &topo->old;
+    if (old->slots == NULL)
+        return;
+    size_t size = old->mask + 1;
+    size_t end = size - topo->old_next < count ? size : topo->old_next + count;
+    for (size_t i = topo->old_next; i < end; i++)
+        if (old->slots[i].node1 > 0)
+            table_put(&topo->ids, old->slots[i].hash, old->slots[i].node1);
+    topo->old_next = end;
+    if (end == size)
+        table_drop(old);
+}
+
+/* The node of `name`, or -1 if it has none; -2 with an exception set. */
+static int64_t
+lookup_hashed(const Topology *topo, PyObject *name, Py_hash_t hash)
+{
+    int64_t node = table_find(topo, &topo->ids, name, hash);
+    if (node == -1 && topo->old.slots != NULL)
+        node = table_find(topo, &topo->old, name, hash);
+    return node;
 }
 
 static int64_t
@@ -457,25 +571,20 @@ lookup(const Topology *topo, PyObject *name)
 static int
 ensure_node(Topology *topo, int64_t node)
 {
-    if (node < topo->n_nodes)
-        return 0;
-    if (node >= ((int64_t)1 << 40)) {
-        PyErr_Format(PyExc_OverflowError, "node %lld is too large", (long long)node);
-        return -1;
+    while (node >= topo->n_nodes) {
+        if (topo->n_blocks == MAX_BLOCKS) {
+            PyErr_Format(PyExc_OverflowError, "node %lld is too large", (long long)node);
+            return -1;
+        }
+        size_t count = (size_t)FIRST_BLOCK << topo->n_blocks;
+        Node *block = table_alloc(count * sizeof(Node));
+        if (block == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        topo->blocks[topo->n_blocks++] = block;
+        topo->n_nodes += (Py_ssize_t)count;
     }
-    Py_ssize_t count = topo->n_nodes ? topo->n_nodes * 2 : 16;
-    while (count <= node)
-        count *= 2;
-    Node *nodes = table_alloc((size_t)count * sizeof(Node));
-    if (nodes == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (topo->nodes != NULL)
-        memcpy(nodes, topo->nodes, (size_t)topo->n_nodes * sizeof(Node));
-    table_free(topo->nodes, (size_t)topo->n_nodes * sizeof(Node));
-    topo->nodes = nodes;
-    topo->n_nodes = count;
     return 0;
 }
 
@@ -483,45 +592,36 @@ ensure_node(Topology *topo, int64_t node)
 static int
 name_node(Topology *topo, int64_t node, PyObject *name)
 {
-    Node *record = &topo->nodes[node];
+    Node *record = node_at(topo, node);
     if (record->name != NULL)
         return 0;
     Py_hash_t hash = PyObject_Hash(name);
     if (hash == -1)
         return -1;
-    if ((size_t)(topo->ids_used + 1) * 2 > topo->ids_mask + 1 &&
-        ids_resize(topo, (topo->ids_mask + 1) * 2) < 0)
-        return -1;
-    size_t i = home(topo, hash);
-    while (topo->ids[i].node1)
-        i = (i + 1) & topo->ids_mask;
-    topo->ids[i] = (IdSlot){hash, node + 1};
-    topo->ids_used++;
+    if ((size_t)(topo->ids.used + 1) * 2 > topo->ids.mask + 1) {
+        move_ids(topo, SIZE_MAX); /* never needed by the arithmetic above: a safety net */
+        IdTable bigger;
+        if (table_init(&bigger, (topo->ids.mask + 1) * 2) < 0)
+            return -1;
+        topo->old = topo->ids;
+        topo->old_next = 0;
+        topo->ids = bigger;
+    }
+    move_ids(topo, MOVE_STEP);
+    table_put(&topo->ids, hash, node + 1);
+    topo->named++;
     record->name = Py_NewRef(name);
     return 0;
 }
 
-/* removes the id slot of `node` (backward-shift deletion: no tombstones) */
+/* removes the id slot(s) of `node` */
 static void
 unname_node(Topology *topo, int64_t node, Py_hash_t hash)
 {
-    size_t i = home(topo, hash);
-    while (topo->ids[i].node1 != node + 1) {
-        if (!topo->ids[i].node1)
-            return;
-        i = (i + 1) & topo->ids_mask;
-    }
-    for (size_t j = (i + 1) & topo->ids_mask; topo->ids[j].node1; j = (j + 1) & topo->ids_mask) {
-        size_t k = home(topo, topo->ids[j].hash);
-        /* the entry at j stays unless its home is cyclically outside (i, j] */
-        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
-        if (stays)
-            continue;
-        topo->ids[i] = topo->ids[j];
-        i = j;
-    }
-    topo->ids[i].node1 = 0;
-    topo->ids_used--;
+    table_remove(&topo->ids, node, hash, 0);
+    if (topo->old.slots != NULL)
+        table_remove(&topo->old, node, hash, 1);
+    topo->named--;
 }
 
 static inline int
@@ -636,7 +736,7 @@ remove_item(Topology *topo, Node *node, uint32_t from, uint32_t n, int64_t item)
 static int
 check_node(const Topology *topo, long long node, int named)
 {
-    if (node < 0 || node >= topo->n_nodes || (named && topo->nodes[node].name == NULL)) {
+    if (node < 0 || node >= topo->n_nodes || (named && node_at(topo, node)->name == NULL)) {
         PyErr_Format(PyExc_IndexError, "node %lld is not in the topology", node);
         return -1;
     }
@@ -669,11 +769,11 @@ topology_add(Topology *topo, PyObject *args)
     if (check_writable(topo) < 0 || ensure_node(topo, s > t ? s : t) < 0 ||
         name_node(topo, s, s_name) < 0 || name_node(topo, t, t_name) < 0)
         return NULL;
-    Node *source = &topo->nodes[s];
+    Node *source = node_at(topo, s);
     if (insert_item(topo, source, source->n_out, t * 8 + code) < 0)
         return NULL;
     source->n_out++;
-    Node *target = &topo->nodes[t];
+    Node *target = node_at(topo, t);
     if (insert_item(topo, target, target->n_out + target->n_in, s * 8 + code) < 0) {
         remove_item(topo, source, 0, source->n_out, t * 8 + code);
         source->n_out--;
@@ -693,11 +793,11 @@ topology_remove(Topology *topo, PyObject *args)
         return NULL;
     if (check_writable(topo) < 0 || check_node(topo, s, 1) < 0 || check_node(topo, t, 1) < 0)
         return NULL;
-    Node *source = &topo->nodes[s];
+    Node *source = node_at(topo, s);
     if (!remove_item(topo, source, 0, source->n_out, t * 8 + code))
         Py_RETURN_FALSE;
     source->n_out--;
-    Node *target = &topo->nodes[t];
+    Node *target = node_at(topo, t);
     if (!remove_item(topo, target, target->n_out, target->n_in, s * 8 + code)) {
         PyErr_SetString(PyExc_SystemError, "the topology's in-entries disagree with its out-entries");
         return NULL;
@@ -715,7 +815,7 @@ topology_release(Topology *topo, PyObject *arg)
         return NULL;
     if (check_writable(topo) < 0 || check_node(topo, n, 1) < 0)
         return NULL;
-    Node *node = &topo->nodes[n];
+    Node *node = node_at(topo, n);
     if (node->n_out || node->n_in) {
         PyErr_Format(PyExc_ValueError, "node %lld still has relationships", n);
         return NULL;
@@ -753,14 +853,14 @@ topology_entries(Topology *topo, PyObject *arg)
         return NULL;
     if (check_node(topo, n, 0) < 0)
         return NULL;
-    const Node *node = &topo->nodes[n];
+    const Node *node = node_at(topo, n);
     if (node->name == NULL)
         Py_RETURN_NONE;
     PyObject *name = Py_NewRef(node->name);
     PyObject *outs = PyList_New(node->n_out), *ins = PyList_New(node->n_in);
     if (outs == NULL || ins == NULL)
         goto error;
-    node = &topo->nodes[n]; /* allocating may have run code that changed the tables */
+    node = node_at(topo, n); /* allocating may have run code that changed the tables */
     if ((Py_ssize_t)node->n_out != PyList_GET_SIZE(outs) || (Py_ssize_t)node->n_in != PyList_GET_SIZE(ins)) {
         PyErr_SetString(PyExc_RuntimeError, "the topology changed while it was read");
         goto error;
@@ -774,7 +874,7 @@ topology_entries(Topology *topo, PyObject *arg)
             PyList_SET_ITEM(outs, i, item);
         else
             PyList_SET_ITEM(ins, i - node->n_out, item);
-        items = items_of(&topo->nodes[n]);
+        items = items_of(node_at(topo, n));
     }
     return Py_BuildValue("NNN", name, outs, ins);
 error:
@@ -788,14 +888,16 @@ static PyObject *
 topology_sizeof(Topology *topo, PyObject *Py_UNUSED(ignored))
 {
     size_t bytes = sizeof(Topology) + (size_t)topo->n_nodes * sizeof(Node) +
-                   (topo->ids ? (topo->ids_mask + 1) * sizeof(IdSlot) : 0) + (size_t)topo->held_bytes;
+                   (topo->ids.mask + 1) * sizeof(IdSlot) +
+                   (topo->old.slots ? (topo->old.mask + 1) * sizeof(IdSlot) : 0) +
+                   (size_t)topo->held_bytes;
     return PyLong_FromSize_t(bytes);
 }
 
 static Py_ssize_t
 topology_len(Topology *topo)
 {
-    return topo->ids_used;
+    return topo->named;
 }
 
 static PyObject *
@@ -808,7 +910,7 @@ topology_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Topology *topo = (Topology *)type->tp_alloc(type, 0);
     if (topo == NULL)
         return NULL;
-    if (ids_resize(topo, 16) < 0) {
+    if (table_init(&topo->ids, 16) < 0) {
         Py_DECREF(topo);
         return NULL;
     }
@@ -819,7 +921,7 @@ static void
 topology_dealloc(Topology *topo)
 {
     for (Py_ssize_t i = 0; i < topo->n_nodes; i++) {
-        Node *node = &topo->nodes[i];
+        Node *node = node_at(topo, i);
         if (node->cap > SLAB_MAX)
             PyMem_Free(node->u.heap);
         Py_XDECREF(node->name);
@@ -829,8 +931,10 @@ topology_dealloc(Topology *topo)
         table_free(chunk, chunk->bytes);
         chunk = next;
     }
-    table_free(topo->nodes, (size_t)topo->n_nodes * sizeof(Node));
-    table_free(topo->ids, topo->ids ? (topo->ids_mask + 1) * sizeof(IdSlot) : 0);
+    for (int b = 0; b < topo->n_blocks; b++)
+        table_free(topo->blocks[b], ((size_t)FIRST_BLOCK << b) * sizeof(Node));
+    table_drop(&topo->ids);
+    table_drop(&topo->old);
     Py_TYPE(topo)->tp_free((PyObject *)topo);
 }
 
@@ -923,7 +1027,7 @@ static inline void
 prefetch_heaps(const Topology *topo, const int64_t *nodes, int count)
 {
     for (int k = 0; k < count; k++) {
-        const Node *node = &topo->nodes[nodes[k]];
+        const Node *node = node_at(topo, nodes[k]);
         if (node->cap)
             prefetch(node->u.heap);
     }
@@ -960,7 +1064,7 @@ expand(Search *search, int side)
         prefetch_heaps(topo, &frontier->items[i], count);
         for (int k = 0; k < count; k++) {
             int64_t u = frontier->items[i + k];
-            const Node *node = &topo->nodes[u];
+            const Node *node = node_at(topo, u);
             for (int j = 0; j < n_sides; j++) {
                 const unsigned mask = sides[j].mask;
                 Py_ssize_t n;
@@ -986,7 +1090,7 @@ expand(Search *search, int side)
                         return FAILED;
                     search->count[side]++;
                     if (next->len <= PREFETCH_NEXT)
-                        prefetch(&topo->nodes[v]);
+                        prefetch(node_at(topo, v));
                 }
             }
             long long visited = (long long)search->count[side] + search->count[!side];
@@ -1016,7 +1120,7 @@ meet_level(Search *search, int side)
         int count = chunk_of(frontier, i);
         prefetch_heaps(topo, &frontier->items[i], count);
         for (int k = 0; k < count; k++) {
-            const Node *node = &topo->nodes[frontier->items[i + k]];
+            const Node *node = node_at(topo, frontier->items[i + k]);
             for (int j = 0; j < n_sides; j++) {
                 const unsigned mask = sides[j].mask;
                 Py_ssize_t n;
@@ -1060,7 +1164,7 @@ bfs(Search *search, int64_t s, int64_t t, long long max_depth)
      * it is looked for first, before anything is recorded or prefetched. */
     for (int j = 0; j < search->n_sides; j++) {
         Py_ssize_t n;
-        const int64_t *items = entries(&search->topo->nodes[s], search->sides[FORWARD][j].which, &n);
+        const int64_t *items = entries(node_at(search->topo, s), search->sides[FORWARD][j].which, &n);
         const unsigned mask = search->sides[FORWARD][j].mask;
         for (Py_ssize_t x = 0; x < n; x++) {
             if (items[x] >> 3 == t && mask >> (items[x] & 7) & 1) {
@@ -1170,10 +1274,10 @@ static unsigned
 codes_towards(const Topology *topo, int which, int64_t node, int64_t other)
 {
     Py_ssize_t n, n_mirror;
-    const int64_t *items = entries(&topo->nodes[node], which, &n);
+    const int64_t *items = entries(node_at(topo, node), which, &n);
     int64_t wanted = other;
     if (n > 256) {
-        const int64_t *mirror = entries(&topo->nodes[other], !which, &n_mirror);
+        const int64_t *mirror = entries(node_at(topo, other), !which, &n_mirror);
         if (n_mirror < n) {
             items = mirror;
             n = n_mirror;
@@ -1319,7 +1423,7 @@ answer(Search *search, unsigned out_mask, unsigned in_mask)
     PyObject *path = NULL;
     if (step_codes(search, meet_at, out_mask, in_mask, codes) == 0) {
         for (Py_ssize_t i = 0; i < n; i++)
-            names[i] = Py_NewRef(topo->nodes[search->scratch->nodes.items[i]].name);
+            names[i] = Py_NewRef(node_at(topo, search->scratch->nodes.items[i])->name);
         give_back(search->scratch);
         search->scratch = NULL;
         ((Topology *)topo)->searching = 0;
@@ -1345,23 +1449,24 @@ ends(const Topology *topo, PyObject *source, PyObject *target, int64_t *s, int64
     Py_hash_t ht = PyObject_Hash(target);
     if (ht == -1)
         return -1;
-    const IdSlot *slot_s = &topo->ids[home(topo, hs)], *slot_t = &topo->ids[home(topo, ht)];
+    const IdSlot *slot_s = &topo->ids.slots[home(&topo->ids, hs)];
+    const IdSlot *slot_t = &topo->ids.slots[home(&topo->ids, ht)];
     prefetch(slot_s);
     prefetch(slot_t);
-    if (slot_s->node1)
-        prefetch(&topo->nodes[slot_s->node1 - 1]);
-    if (slot_t->node1)
-        prefetch(&topo->nodes[slot_t->node1 - 1]);
+    if (slot_s->node1 > 0)
+        prefetch(node_at(topo, slot_s->node1 - 1));
+    if (slot_t->node1 > 0)
+        prefetch(node_at(topo, slot_t->node1 - 1));
     *s = lookup_hashed(topo, source, hs);
     if (*s == -2)
         return -1;
-    if (*s >= 0 && topo->nodes[*s].cap)
-        prefetch(topo->nodes[*s].u.heap);
+    if (*s >= 0 && node_at(topo, *s)->cap)
+        prefetch(node_at(topo, *s)->u.heap);
     *t = lookup_hashed(topo, target, ht);
     if (*t == -2)
         return -1;
-    if (*t >= 0 && topo->nodes[*t].cap)
-        prefetch(topo->nodes[*t].u.heap);
+    if (*t >= 0 && node_at(topo, *t)->cap)
+        prefetch(node_at(topo, *t)->u.heap);
     return 0;
 }
 

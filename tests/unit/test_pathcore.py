@@ -256,3 +256,28 @@ def test_topology__small_namespace__costs_a_few_kib() -> None:
     keys += [canonical_key(f"w{i}", RelationType.LINKED, f"w{i + 1}") for i in range(9)]
     index = index_of(keys)
     assert sys.getsizeof(index.native) < 4096
+
+
+@pytest.mark.usefixtures("native_only")
+def test_topology__growth_while_adding_and_removing__mirrors_the_index() -> None:
+    """The id table grows a few slots at a time while names come and go: every name is found
+    during and after each move, and removed ones never come back."""
+    rnd = random.Random(11)
+    types = [RelationType.OWNER, RelationType.MEMBER, RelationType.LINKED]
+    index = GraphIndex()
+    live: set[RelationshipKey] = set()
+    for step in range(20_000):
+        if live and rnd.random() < 0.35:
+            key = rnd.choice(sorted(live, key=str)) if step % 500 == 0 else live.pop()
+            live.discard(key)
+            assert index.remove(key)
+        else:
+            key = canonical_key(f"e{rnd.randrange(4000)}", rnd.choice(types), f"f{rnd.randrange(3000)}")
+            if index.add(key):
+                live.add(key)
+        if step % 2500 == 0:
+            assert_mirrors(index)
+    assert_mirrors(index)
+    for key in list(live)[:2000]:
+        assert index.remove(key)
+    assert_mirrors(index)
