@@ -10,7 +10,8 @@
  * and doubles: a namespace with a handful of relationships costs a few KiB here.
  *
  * GraphIndex (index.py) keeps its Python lists and arrays, which the Python algorithms and the
- * reference search read, and mirrors every change here: add(), remove(), release(). Node
+ * reference search read, and mirrors every change here: add(), remove(), release(). It uses
+ * the id table as its ids (get, [], in, len) instead of a dict of its own. Node
  * numbers and the order of entries are the index's, so both searches meet the same nodes in
  * the same order and give the same paths (tests/unit/test_pathcore.py checks it).
  *
@@ -844,6 +845,43 @@ topology_node_of(Topology *topo, PyObject *name)
     return PyLong_FromLongLong(node);
 }
 
+/* get(name, default=None) -> int: the node of a name, as dict.get (GraphIndex keeps its ids
+ * here instead of in a dict where the extension is built) */
+static PyObject *
+topology_get(Topology *topo, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get takes 1 or 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int64_t node = lookup(topo, args[0]);
+    if (node == -2)
+        return NULL;
+    if (node < 0)
+        return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    return PyLong_FromLongLong(node);
+}
+
+static PyObject *
+topology_subscript(Topology *topo, PyObject *name)
+{
+    int64_t node = lookup(topo, name);
+    if (node == -2)
+        return NULL;
+    if (node < 0) {
+        PyErr_SetObject(PyExc_KeyError, name);
+        return NULL;
+    }
+    return PyLong_FromLongLong(node);
+}
+
+static int
+topology_contains(Topology *topo, PyObject *name)
+{
+    int64_t node = lookup(topo, name);
+    return node == -2 ? -1 : node >= 0;
+}
+
 /* entries(node) -> (name, out entries, in entries), or None for a free number */
 static PyObject *
 topology_entries(Topology *topo, PyObject *arg)
@@ -946,26 +984,36 @@ static PyMethodDef topology_methods[] = {
     {"release", (PyCFunction)topology_release, METH_O,
      "release(node): an entity left with no relationship"},
     {"node_of", (PyCFunction)topology_node_of, METH_O, "node_of(name) -> int | None"},
+    {"get", (PyCFunction)(void (*)(void))topology_get, METH_FASTCALL,
+     "get(name, default=None) -> int: the node of a name, as dict.get"},
     {"entries", (PyCFunction)topology_entries, METH_O,
      "entries(node) -> (name, out entries, in entries) | None"},
     {"__sizeof__", (PyCFunction)topology_sizeof, METH_NOARGS, "bytes held"},
     {NULL, NULL, 0, NULL},
 };
 
+static PyMappingMethods topology_as_mapping = {
+    .mp_length = (lenfunc)topology_len,
+    .mp_subscript = (binaryfunc)topology_subscript,
+};
+
 static PySequenceMethods topology_as_sequence = {
     .sq_length = (lenfunc)topology_len,
+    .sq_contains = (objobjproc)topology_contains,
 };
 
 static PyTypeObject TopologyType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "nexus_streams.domain._pathcore.Topology",
-    .tp_doc = "The graph of one GraphIndex, for find_path: entities (len) and their entries.",
+    .tp_doc = "The graph of one GraphIndex, for find_path: its ids (get, [], in, len: the node "
+              "of a name, as a dict) and each node's entries.",
     .tp_basicsize = sizeof(Topology),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = topology_new,
     .tp_dealloc = (destructor)topology_dealloc,
     .tp_methods = topology_methods,
     .tp_as_sequence = &topology_as_sequence,
+    .tp_as_mapping = &topology_as_mapping,
 };
 
 /* ------------------------------------------------------------------------------ the search */

@@ -35,6 +35,7 @@ from nexus_streams.domain.index import (
     TYPES_BY_CODE,
     Direction,
     GraphIndex,
+    Ids,
     _steps,
 )
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, make_key, parse_type
@@ -50,7 +51,7 @@ DEFAULT_DEPENDENCY_TYPES = (RelationType.OWNER, RelationType.MEMBER, RelationTyp
 
 _Arrays: TypeAlias = "list[array[int] | None]"
 #: GraphIndex.tables: ids, names, out-arrays, in-arrays
-_Tables: TypeAlias = "tuple[dict[str, int], list[str | None], _Arrays, _Arrays]"
+_Tables: TypeAlias = "tuple[Ids, list[str | None], _Arrays, _Arrays]"
 #: _pathcore.find_path(topology, source, target, max_depth, out_mask, in_mask, visit_limit)
 _NativeFindPath: TypeAlias = "Callable[[Topology, str, str, int, int, int, int], Path | None]"
 

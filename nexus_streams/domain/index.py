@@ -8,12 +8,14 @@ loops.
 Where the C extension is built, the index also keeps the same graph in a `_pathcore.Topology`
 (`native`): the same node numbers and entries in the same order, in 64-byte node records with
 small adjacency inline and a C id table, which find_path's C search reads (domain/_pathcore.c
-says why). add and remove keep it in step; the Python lists and arrays stay the ones every
-other algorithm and the Python search read.
+says why). add and remove keep it in step. Its id table is the index's ids too (`_ids`: no
+Python dict, whose resize would stall the loop for ~40 ms at 700k entities); the Python lists
+and arrays stay the ones every other algorithm and the Python search read. Without the
+extension the ids are a dict.
 
-Measured at 1M relationships (bench/graph.py, a 2-core machine): ~6-11 us per insert, ~230
-bytes per relationship of resident memory with the interned ids and the Topology (~60 of it)
-included, a depth-3 find_path in ~2 us at p50.
+Measured at 1M relationships (bench/graph.py, a 2-core machine): ~6 us per insert, the slowest
+~4 ms, ~190 bytes per relationship of resident memory with the interned ids and the Topology
+included, a depth-3 find_path in ~1.5-2 us at p50.
 
 Metadata, versions and timestamps are not here: they live in the changelog-backed table, which
 is the authority; this index is rebuilt from it on recovery.
@@ -26,7 +28,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nexus_streams.domain.relationships import RelationshipKey, RelationType
 
@@ -105,11 +107,21 @@ def _steps(
     return frozenset(out_codes), frozenset(in_codes)
 
 
+class Ids(Protocol):
+    """Entity id -> node number: a dict, or the Topology's id table where there is one."""
+
+    def get(self, name: str, /) -> int | None: ...
+    def __getitem__(self, name: str, /) -> int: ...
+    def __contains__(self, name: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+
+
 class GraphIndex:
     """Topology of one namespace's relationships, in canonical form."""
 
     __slots__ = (
         "_ids",
+        "_id_dict",
         "_names",
         "_out",
         "_in",
@@ -122,7 +134,14 @@ class GraphIndex:
     )
 
     def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
+        #: the same graph in C (_pathcore.Topology) for find_path's C search, kept in step by
+        #: add and remove; None where the extension is not built or is turned off
+        self.native: Topology | None = TOPOLOGY() if TOPOLOGY is not None else None
+        #: the ids as a dict, where there is no Topology to keep them (its id table grows a
+        #: few slots per insert: a dict's resize at 700k entities takes ~40 ms at once)
+        id_dict: dict[str, int] = {}
+        self._id_dict: dict[str, int] | None = id_dict if self.native is None else None
+        self._ids: Ids = self.native if self.native is not None else id_dict
         self._names: list[str | None] = []
         self._out: list[array[int] | None] = []
         self._in: list[array[int] | None] = []
@@ -134,12 +153,12 @@ class GraphIndex:
         #: (ids, names, out-arrays, in-arrays): the live structures, for the algorithms of this
         #: package (domain/algorithms.py), in one attribute read instead of a method call per
         #: lookup. Read them, never mutate them. The same objects for the life of the index.
-        self.tables: tuple[
-            dict[str, int], list[str | None], list[array[int] | None], list[array[int] | None]
-        ] = (self._ids, self._names, self._out, self._in)
-        #: the same graph in C (_pathcore.Topology) for find_path's C search, kept in step by
-        #: add and remove; None where the extension is not built or is turned off
-        self.native: Topology | None = TOPOLOGY() if TOPOLOGY is not None else None
+        self.tables: tuple[Ids, list[str | None], list[array[int] | None], list[array[int] | None]] = (
+            self._ids,
+            self._names,
+            self._out,
+            self._in,
+        )
 
     def __len__(self) -> int:
         return self._count
@@ -152,7 +171,8 @@ class GraphIndex:
         return entity in self._ids
 
     def entities(self) -> Iterator[str]:
-        return iter(self._ids)
+        """Every entity with a relationship, by node number."""
+        return (name for name in self._names if name is not None)
 
     def _intern(self, entity: str) -> int:
         node = self._ids.get(entity)
@@ -166,7 +186,8 @@ class GraphIndex:
             self._names.append(entity)
             self._out.append(None)
             self._in.append(None)
-        self._ids[entity] = node
+        if self._id_dict is not None:
+            self._id_dict[entity] = node  # the Topology learns the name in add
         self._degrees[0] += 1
         return node
 
@@ -175,7 +196,8 @@ class GraphIndex:
             return
         name = self._names[node]
         assert name is not None
-        del self._ids[name]
+        if self._id_dict is not None:
+            del self._id_dict[name]
         self._names[node] = None
         self._out[node] = None
         self._in[node] = None
@@ -209,7 +231,7 @@ class GraphIndex:
         if self.has(key):
             return False
         s = self._intern(key.source)
-        t = self._intern(key.target)
+        t = s if key.target == key.source else self._intern(key.target)
         code = TYPE_CODES[key.type]
         for node, arrays, packed in ((s, self._out, t * 8 + code), (t, self._in, s * 8 + code)):
             degree = self._degree(node)

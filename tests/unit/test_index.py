@@ -210,7 +210,8 @@ def test_index__tables__are_the_live_structures() -> None:
     assert list(outs[u] or ()) == [w * 8 + TYPE_CODES[OWNER]]
     assert list(ins[w] or ()) == [u * 8 + TYPE_CODES[OWNER]]
     index.remove(key)
-    assert ids == {} and names == [None, None] and outs == ins == [None, None]
+    assert len(ids) == 0 and "user:1" not in ids and ids.get("wallet:1") is None
+    assert names == [None, None] and outs == ins == [None, None]
     assert index.tables == (ids, names, outs, ins)
 
 

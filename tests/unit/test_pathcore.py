@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from nexus_streams.domain import algorithms
 from nexus_streams.domain.algorithms import Path, find_path, use_native
 from nexus_streams.domain.errors import NexusError
-from nexus_streams.domain.index import Direction, GraphIndex
+from nexus_streams.domain.index import PURE_PYTHON_ENV, Direction, GraphIndex
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key
 from tests.unit.test_index import ENTITIES, index_of, operations, random_keys
 
@@ -64,7 +64,7 @@ def assert_same(index: GraphIndex, source: str, target: str, **kwargs: object) -
 
 def test_pathcore__built_in_the_dev_install() -> None:
     """`pip install -e .` builds the extension where a compiler is (CI notices a fallback)."""
-    if os.environ.get(algorithms.PURE_PYTHON_ENV, "") not in ("", "0"):
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
         assert not algorithms.NATIVE and not algorithms.NATIVE_AVAILABLE
         return
     assert algorithms.NATIVE_AVAILABLE and algorithms.NATIVE
@@ -72,7 +72,7 @@ def test_pathcore__built_in_the_dev_install() -> None:
 
 def test_use_native__unavailable__raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(algorithms, "_NATIVE_SEARCH", None)
-    with pytest.raises(RuntimeError, match=algorithms.PURE_PYTHON_ENV):
+    with pytest.raises(RuntimeError, match=PURE_PYTHON_ENV):
         use_native(True)
 
 
@@ -142,7 +142,7 @@ def test_pathcore__not_a_topology__type_error() -> None:
     from nexus_streams.domain import _pathcore
 
     with pytest.raises(TypeError, match="Topology"):
-        _pathcore.find_path(({}, [], [], None), "a", "b", 3, 15, 15, 10)
+        _pathcore.find_path(({}, [], [], None), "a", "b", 3, 15, 15, 10)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- the Topology
@@ -281,3 +281,29 @@ def test_topology__growth_while_adding_and_removing__mirrors_the_index() -> None
     for key in list(live)[:2000]:
         assert index.remove(key)
     assert_mirrors(index)
+
+
+@pytest.mark.usefixtures("native_only")
+def test_topology__is_the_index_ids__read_as_a_mapping() -> None:
+    index = index_of([canonical_key("u:1", RelationType.OWNER, "w:1")])
+    ids = index.tables[0]
+    assert ids is index.native
+    assert ids["u:1"] == index.node_of("u:1") and ids.get("w:1") == index.node_of("w:1")
+    assert ids.get("nobody") is None and "w:1" in ids and "nobody" not in ids and len(ids) == 2
+    with pytest.raises(KeyError, match="nobody"):
+        ids["nobody"]
+    with pytest.raises(TypeError):
+        ids.get(["unhashable"])  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("native_only")
+def test_topology__self_relationship__one_entity_both_ends() -> None:
+    """Commands refuse them (self_relationship), but the index itself stays consistent."""
+    key = canonical_key("a", RelationType.LINKED, "a")
+    index = index_of([key, canonical_key("a", RelationType.OWNER, "b")])
+    assert index.entity_count == 2
+    assert_mirrors(index)
+    assert index.remove(key)
+    assert_mirrors(index)
+    assert index.remove(canonical_key("a", RelationType.OWNER, "b"))
+    assert index.entity_count == 0 and len(index.native or ()) == 0
