@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STACK := bash scripts/stack.sh
+# the local stack's environment for the command that follows (stops there if it fails to start)
+WITH_STACK := set -e; stack_env=$$($(STACK) up); eval "$$stack_env";
 PYTEST_ARGS ?=
 
 .PHONY: help install stack-up stack-down stack-reset stack-status demo test test-unit test-integration lint topics-gen worker clean bench
@@ -41,21 +43,21 @@ stack-status:
 	@$(STACK) status
 
 demo: install
-	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(VENV)/bin/nexus-streams demo
+	@$(WITH_STACK) $(VENV)/bin/nexus-streams demo
 
 worker: install
-	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(VENV)/bin/nexus-streams worker
+	@$(WITH_STACK) $(VENV)/bin/nexus-streams worker
 
 test: install
 	@bash scripts/prometheus.sh install
-	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(PY) -m pytest $(PYTEST_ARGS)
+	@$(WITH_STACK) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit tests/test_architecture.py $(PYTEST_ARGS)
 
 test-integration: install
 	@bash scripts/prometheus.sh install
-	@set -e; stack_env=$$($(STACK) up); eval "$$stack_env"; $(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	@$(WITH_STACK) $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check nexus_streams tests scripts $(wildcard bench)

@@ -226,8 +226,6 @@ class Driver:
         self.answers: dict[bytes, dict[str, Any]] = {}  # results of requests sent with keep=True
         self._keep: set[bytes] = set()
         self._cpu: CpuMeter | None = None
-        #: (rate, phase) of the --also-rate phases
-        self.extra: list[tuple[float, Phase]] = []
 
     async def start(self) -> None:
         await self.producer.start()
@@ -571,8 +569,15 @@ def latency_pair_s(sorted_s: list[float]) -> str:
     return f"{percentile(sorted_s, 0.5):.1f} / {percentile(sorted_s, 0.99):.1f}"
 
 
-def latency_pair(phase: Phase) -> str:
-    return latency_pair_s(phase.latencies)
+def leg_rows(report: Report, phase: Phase, title: str | None = None) -> None:
+    """p50 / p99 of each leg of the phase's sampled results, after a `title` row if given; no rows
+    at all if no result was sampled."""
+    if not phase.legs:
+        return
+    if title is not None:
+        report.add(title, "")
+    for name, leg in zip(LEGS, zip(*phase.legs, strict=True), strict=True):
+        report.add(f"    {name}", latency_pair_s(sorted(leg)))
 
 
 def latency_rows(report: Report, label: str, phase: Phase, goals: bool) -> tuple[float, float]:
@@ -731,12 +736,21 @@ async def wait_for_pattern(driver: Driver, worker: Process, prefix: str) -> None
 
 async def measure_pattern(
     args: argparse.Namespace, driver: Driver, prefix: str, pool: PairPool
-) -> tuple[Phase, Phase, Phase]:
-    """Calibration burst, maximum burst, steady half rate; the graph grows ahead of each."""
+) -> tuple[Phase, Phase, Phase, list[tuple[float, Phase]]]:
+    """Calibration burst, maximum burst, steady half rate, then the --also-rate phases as
+    (rate, phase); the graph grows ahead of each."""
     executions, relationships = f"{prefix}executions", f"{prefix}relationships"
 
     def make() -> Request:
         return execution_request(executions, *pool.take())
+
+    async def steady_phase(rate: float, message: str) -> Phase:
+        """A steady phase at `rate` (noted with `message`), after topping up the graph if fewer
+        unused pairs remain than it needs."""
+        if rate * args.seconds > pool.available:
+            await setup_graph(driver, relationships, pool, int(rate * args.seconds) + 100)
+        note(message)
+        return await steady(driver, make, rate, args.seconds, sample_every=args.sample_every)
 
     await setup_graph(driver, relationships, pool, args.pattern_calibration)
     note(f"pattern: calibration burst of {args.pattern_calibration:,}")
@@ -748,16 +762,14 @@ async def measure_pattern(
     note(f"pattern: ~{estimate:,.0f}/s; maximum over a burst of {count:,}")
     top = await burst(driver, make, count, timeout_s=60 + 3 * count / max(estimate, 1))
     rate = top.throughput() / 2
-    if rate * args.seconds > pool.available:
-        await setup_graph(driver, relationships, pool, int(rate * args.seconds) + 100)
-    note(f"pattern: {top.throughput():,.0f}/s; steady {rate:,.0f}/s for {args.seconds:g} s")
-    half = await steady(driver, make, rate, args.seconds, sample_every=args.sample_every)
+    half = await steady_phase(
+        rate, f"pattern: {top.throughput():,.0f}/s; steady {rate:,.0f}/s for {args.seconds:g} s"
+    )
+    extras: list[tuple[float, Phase]] = []
     for extra in args.also_rate:
-        if extra * args.seconds > pool.available:
-            await setup_graph(driver, relationships, pool, int(extra * args.seconds) + 100)
-        note(f"pattern: steady {extra:,.0f}/s for {args.seconds:g} s (--also-rate)")
-        driver.extra.append((extra, await steady(driver, make, extra, args.seconds, args.sample_every)))
-    return warm, top, half
+        message = f"pattern: steady {extra:,.0f}/s for {args.seconds:g} s (--also-rate)"
+        extras.append((extra, await steady_phase(extra, message)))
+    return warm, top, half, extras
 
 
 async def run_pattern(
@@ -786,7 +798,7 @@ async def run_pattern(
     try:
         await driver.start()
         await wait_for_pattern(driver, worker, prefix)
-        warm, top, half = await measure_pattern(args, driver, prefix, PairPool(namespaces))
+        warm, top, half, extras = await measure_pattern(args, driver, prefix, PairPool(namespaces))
     finally:
         try:
             await driver.stop()
@@ -813,18 +825,13 @@ async def run_pattern(
     report.add("  steady rate (executions/s)", f"{rate:,.0f}")
     latency_rows(report, "pattern", half, goals=True)
     cpu_rows(report, "worker", half, rate)
-    if half.legs:
-        legs = list(zip(*half.legs, strict=True))
-        report.add(f"  latency by leg, {len(half.legs)} sampled results, p50 / p99 (ms, ms clocks)", "")
-        for name, leg in zip(LEGS, legs, strict=True):
-            report.add(f"    {name}", latency_pair_s(sorted(leg)))
-    for extra, phase in driver.extra:
-        report.add(f"  at {extra:,.0f}/s (--also-rate): p50 / p99 latency (ms)", latency_pair(phase))
-        for name, leg in zip(LEGS, zip(*phase.legs, strict=True), strict=True):
-            report.add(f"    {name}", latency_pair_s(sorted(leg)))
-        half.errors += phase.errors
-        half.lost += phase.lost
-    errors = sum(p.errors + p.lost for p in (warm, top, half))
+    leg_rows(report, half, f"  latency by leg, {len(half.legs)} sampled results, p50 / p99 (ms, ms clocks)")
+    for extra, phase in extras:
+        report.add(
+            f"  at {extra:,.0f}/s (--also-rate): p50 / p99 latency (ms)", latency_pair_s(phase.latencies)
+        )
+        leg_rows(report, phase)
+    errors = sum(p.errors + p.lost for p in (warm, top, half, *(phase for _, phase in extras)))
     report.add("errors (error results, lost, failed sends)", str(errors), "0", errors == 0)
     for sample in (warm.error_samples + top.error_samples + half.error_samples)[:5]:
         report.add(f"  e.g. {sample[:90]}", "")

@@ -16,6 +16,7 @@ whole benchmark with the Python search.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import glob
 import multiprocessing
@@ -147,9 +148,7 @@ def keys(
     yield batch
 
 
-def build(
-    index: GraphIndex, m: int, inputs: tuple[array[int], ...], prefix: str = ""
-) -> tuple[float, float]:
+def build(index: GraphIndex, m: int, inputs: tuple[array[int], ...], prefix: str = "") -> tuple[float, float]:
     """Insert until the index holds m more relationships: (seconds spent in GraphIndex.add, the
     slowest single add in seconds). Each add is timed on its own: the slowest is a step of the
     event loop too (a table growing, a dict resizing)."""
@@ -368,7 +367,8 @@ def bench_build(report: Report, m: int, seed: int) -> GraphIndex:
     return index
 
 
-def bench_find_path(report: Report, pairs: dict[str, list[tuple[str, str]]], timings: Timings) -> None:
+def bench_find_path(report: Report, pairs: dict[str, list[tuple[str, str]]], timings: Timings) -> list[int]:
+    """Ours (and the Python search), per pair class; returns our sorted ns over all pairs."""
     ours = {label: runs["ours"] for label, runs in timings.items()}
     ours["all"] = (sorted(ours["connected"][0] + ours["random"][0]), [])
     found = sum(x >= 0 for x in ours["connected"][1]) + sum(x >= 0 for x in ours["random"][1])
@@ -391,9 +391,10 @@ def bench_find_path(report: Report, pairs: dict[str, list[tuple[str, str]]], tim
             f"  the Python search, {label}: p50 / p99 (us), C speed-up",
             f"{p50:.1f} / {p99:.1f}, {ratio:.1f}x",
         )
+    return ours["all"][0]
 
 
-def bench_networkx(report: Report, convert_seconds: float, timings: Timings) -> None:
+def bench_networkx(report: Report, convert_seconds: float, timings: Timings, ours_all: list[int]) -> None:
     report.section(f"networkx on the same graph (undirected, converted in {convert_seconds:.1f} s)")
     mismatches = 0
     combined: dict[str, list[int]] = {method: [] for method in NX_METHODS}
@@ -418,7 +419,6 @@ def bench_networkx(report: Report, convert_seconds: float, timings: Timings) -> 
     # and on the whole workload: each method runs every pair, as a service would
     for method in combined:
         combined[method].sort()
-    ours_all = sorted(sample for runs in timings.values() for sample in runs["ours"][0])
     best = min(combined, key=lambda k: percentile(combined[k], 0.5))
     ratio = percentile(combined[best], 0.5) / percentile(ours_all, 0.5)
     report.add(
@@ -547,21 +547,18 @@ def main() -> None:
     # the garbage collector as a worker sets it (docs/observability.md, "A slow worker"): with
     # Python's defaults a full collection over the million keys being built lands inside one
     # insert (measured: 138 ms) and would be charged to the index
-    defaults = Settings()
-    GcEpochs(GcSettings(defaults.gc_threshold0, defaults.gc_freeze, defaults.gc_full_interval_s)).install()
+    GcEpochs(GcSettings.of(Settings())).install()
     print(f"building {m:,} relationships ...", file=sys.stderr, flush=True)
     index = bench_build(report, m, args.seed)
     connected, randoms = query_pairs(index, half, args.seed)
     pairs = {"connected": connected, "random": randoms}
     snapshot = analysis.capture(index)
-    start = time.perf_counter()
-    g = to_networkx(snapshot)
-    convert_seconds = time.perf_counter() - start
+    convert_seconds, g = timed(functools.partial(to_networkx, snapshot))
     print("timing find_path against networkx ...", file=sys.stderr, flush=True)
     timings = time_find_path(index, g, pairs)
     del g
-    bench_find_path(report, pairs, timings)
-    bench_networkx(report, convert_seconds, timings)
+    ours_all = bench_find_path(report, pairs, timings)
+    bench_networkx(report, convert_seconds, timings, ours_all)
     gc.collect()
     bench_snapshot(report, index, snapshot)
     del snapshot

@@ -104,9 +104,9 @@ def encode(model: BaseModel) -> bytes:
         # Python objects and then to JSON; floats may use the shorter exponent form, 1e-7)
         return model.model_dump_json(exclude_none=True, by_alias=True).encode()
     data = model.model_dump(mode="json", exclude_none=True, by_alias=True)
-    for name, info in type(model).model_fields.items():
-        if info.is_required():
-            data.setdefault(info.alias or name, None)
+    fields = type(model).model_fields
+    for name in required:
+        data.setdefault(fields[name].alias or name, None)
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 

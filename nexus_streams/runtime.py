@@ -27,7 +27,10 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nexus_streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,17 @@ class GcSettings:
     full_interval_s: float = 900.0
     #: log a collection that took at least this long (0: never)
     slow_s: float = 0.25
+
+    @classmethod
+    def of(cls, settings: Settings) -> GcSettings:
+        """The `NEXUS_GC_*` settings; a collection is slow as a loop stall is
+        (`NEXUS_LOOP_STALL_WARN_MS`)."""
+        return cls(
+            settings.gc_threshold0,
+            settings.gc_freeze,
+            settings.gc_full_interval_s,
+            slow_s=settings.loop_stall_warn_ms / 1000,
+        )
 
 
 class GcEpochs:

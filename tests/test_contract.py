@@ -50,10 +50,15 @@ def test_contract__every_topic_is_a_channel_with_resolvable_messages() -> None:
 # ------------------------------------------------------------------ the hand-written docs
 
 
+def section(text: str, title: str) -> str:
+    """The body of the `## title` section of a markdown text, up to the next `## ` heading."""
+    return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
 def error_table() -> set[str]:
     """The codes of the error table of topics/README.md."""
-    section = TOPICS_README.split("## Error codes", 1)[1].split("\n## ", 1)[0]
-    return {line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")}
+    table = section(TOPICS_README, "Error codes")
+    return {line.split("|")[1].strip(" `") for line in table.splitlines() if line.startswith("| `")}
 
 
 def test_docs__topics_error_table__lists_every_error_code() -> None:
@@ -68,6 +73,6 @@ def test_docs__every_command_and_query_action_is_named(doc: str) -> None:
 
 
 def test_docs__readme_settings_table__names_every_setting() -> None:
-    table = README.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    table = section(README, "Settings")
     missing = [name for name in Settings.model_fields if f"`NEXUS_{name.upper()}`" not in table]
     assert missing == []

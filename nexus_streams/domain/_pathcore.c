@@ -833,18 +833,6 @@ topology_release(Topology *topo, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* node_of(name) -> int | None */
-static PyObject *
-topology_node_of(Topology *topo, PyObject *name)
-{
-    int64_t node = lookup(topo, name);
-    if (node == -2)
-        return NULL;
-    if (node < 0)
-        Py_RETURN_NONE;
-    return PyLong_FromLongLong(node);
-}
-
 /* get(name, default=None) -> int: the node of a name, as dict.get (GraphIndex keeps its ids
  * here instead of in a dict where the extension is built) */
 static PyObject *
@@ -983,9 +971,10 @@ static PyMethodDef topology_methods[] = {
      "remove(source_node, target_node, code) -> bool: a relationship"},
     {"release", (PyCFunction)topology_release, METH_O,
      "release(node): an entity left with no relationship"},
-    {"node_of", (PyCFunction)topology_node_of, METH_O, "node_of(name) -> int | None"},
     {"get", (PyCFunction)(void (*)(void))topology_get, METH_FASTCALL,
      "get(name, default=None) -> int: the node of a name, as dict.get"},
+    {"node_of", (PyCFunction)(void (*)(void))topology_get, METH_FASTCALL,
+     "node_of(name) -> int | None: the same as get(name)"},
     {"entries", (PyCFunction)topology_entries, METH_O,
      "entries(node) -> (name, out entries, in entries) | None"},
     {"__sizeof__", (PyCFunction)topology_sizeof, METH_NOARGS, "bytes held"},

@@ -170,7 +170,6 @@ def _filter(codes: frozenset[int]) -> frozenset[int] | None:
 #: the default question (both directions, every type), without hashing the arguments
 _BOTH = Direction.BOTH
 _BOTH_ALL = _step_codes(_BOTH, None)
-_BOTH_OUT_MASK, _BOTH_IN_MASK = _BOTH_ALL.out_mask, _BOTH_ALL.in_mask
 #: relationship type by code, as a tuple
 _TYPES = tuple(TYPES_BY_CODE[code] for code in range(len(TYPES_BY_CODE)))
 
@@ -221,19 +220,13 @@ def find_path(
     The search runs in C when the extension is built (`NATIVE`), else in Python (`_find_path`,
     the reference): the same answers and errors.
     """
-    native = index.native
-    if types is None and direction is _BOTH and max_depth >= 0:
-        # the common question goes straight to the C search: a near pair takes ~1.5 us there,
-        # so every line of Python on the way shows in the total
-        if _native_find_path is not None and native is not None:
-            return _native_find_path(
-                native, source, target, max_depth, _BOTH_OUT_MASK, _BOTH_IN_MASK, visit_limit
-            )
+    if max_depth < 0:
+        _check_depth(max_depth)
+    if types is None and direction is _BOTH:
         codes = _BOTH_ALL
     else:
-        if max_depth < 0:
-            _check_depth(max_depth)
         codes = _step_codes(direction, None if types is None else _type_set(types))
+    native = index.native
     if _native_find_path is not None and native is not None:
         return _native_find_path(
             native, source, target, max_depth, codes.out_mask, codes.in_mask, visit_limit

@@ -31,7 +31,7 @@ from nexus_streams.domain.relationships import SEP
 from nexus_streams.domain.validation import PatternLimits
 from nexus_streams.executions import Executions, ExecutionStats, PatternLookup
 from nexus_streams.logs import log_reply
-from nexus_streams.metrics import Metrics
+from nexus_streams.metrics import INPUT_TOPICS, Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
 from nexus_streams.patterns import register_system_patterns
 from nexus_streams.replies import Outbound, Received
@@ -153,18 +153,9 @@ class NamespaceActor:
             "nexus-statistics", self._record, linger_s=STATISTICS_LINGER_S
         )
         self.watch = InputWatch(app, metrics)
-        self.gc = GcEpochs(
-            GcSettings(
-                settings.gc_threshold0,
-                settings.gc_freeze,
-                settings.gc_full_interval_s,
-                slow_s=settings.loop_stall_warn_ms / 1000,
-            )
-        )
+        self.gc = GcEpochs(GcSettings.of(settings))
         #: the input topics whose partitions `watch` looks after (the pattern agent's too)
-        self.input_topics = {
-            settings.topic(spec.name) for spec in (RELATIONSHIPS, QUERIES, EXECUTIONS, PATTERNS)
-        }
+        self.input_topics = {settings.topic(spec.name) for spec in INPUT_TOPICS}
 
     def in_analysis_process(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run igraph work in a separate process: in a thread it would hold the GIL (and stall the
@@ -508,9 +499,7 @@ class PatternActor:
             Received(PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event)
         )
         self.namespaces._write_tables(reply, self.request_log)
-        await self.namespaces.publish_all(reply.outbound, event)
-        self.namespaces.metrics.observe(PATTERNS, reply, time.perf_counter() - started)
-        log_reply(PATTERNS, reply.result, reply.outbound)  # observability: failure lines
+        await self.namespaces._finish(reply, started)
 
     async def register_system_patterns(self) -> None:
         """At start, idempotently; Redis may come later than the worker: retry until it answers."""

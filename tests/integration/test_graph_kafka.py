@@ -10,8 +10,8 @@ import pytest
 from tests.integration.wire import Wire
 
 
-async def ok(wire: Wire, topic: str, namespace: str, payload: dict) -> dict:
-    result = await wire.request(topic, namespace, payload)
+async def ok(wire: Wire, topic: str, namespace: str, payload: dict, *, timeout_s: float = 30.0) -> dict:
+    result = await wire.request(topic, namespace, payload, timeout_s=timeout_s)
     assert result["status"] == "ok", result
     return result
 

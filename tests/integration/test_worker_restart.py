@@ -4,47 +4,49 @@ from the changelog topics: nothing lost, nothing doubled."""
 from __future__ import annotations
 
 from tests.integration.conftest import own_worker, wait_until_answering
+from tests.integration.test_graph_kafka import create, ok
 from tests.integration.wire import Wire
-
-
-def create(source: str, type_: str, target: str, **extra: object) -> dict:
-    return {"action": "create", "type": type_, "source": source, "target": target, **extra}
-
-
-async def ok(wire: Wire, topic: str, namespace: str, payload: dict) -> dict:
-    result = await wire.request(topic, namespace, payload, timeout_s=60)
-    assert result["status"] == "ok", result
-    return result
 
 
 async def mixed_history(wire: Wire, ns: str) -> None:
     """A schema, an update, a delete: more than creates to recover."""
-    await ok(wire, "relationships", ns, {"action": "set_schema", "schema": {"owner": ["user -> wallet"]}})
-    await ok(wire, "relationships", ns, create("user:1", "owner", "wallet:1", metadata={"a": 1}))
+    await ok(
+        wire,
+        "relationships",
+        ns,
+        {"action": "set_schema", "schema": {"owner": ["user -> wallet"]}},
+        timeout_s=60,
+    )
+    await ok(
+        wire, "relationships", ns, create("user:1", "owner", "wallet:1", metadata={"a": 1}), timeout_s=60
+    )
     update = {"action": "update", "type": "owner", "source": "user:1", "target": "wallet:1"}
-    await ok(wire, "relationships", ns, {**update, "metadata": {"a": 2}, "expected_version": 1})
-    await ok(wire, "relationships", ns, create("user:1", "linked", "user:2"))
-    await ok(wire, "relationships", ns, create("user:2", "owner", "wallet:2"))
-    await ok(wire, "relationships", ns, create("user:3", "owner", "wallet:3"))
+    await ok(wire, "relationships", ns, {**update, "metadata": {"a": 2}, "expected_version": 1}, timeout_s=60)
+    await ok(wire, "relationships", ns, create("user:1", "linked", "user:2"), timeout_s=60)
+    await ok(wire, "relationships", ns, create("user:2", "owner", "wallet:2"), timeout_s=60)
+    await ok(wire, "relationships", ns, create("user:3", "owner", "wallet:3"), timeout_s=60)
     await ok(
         wire,
         "relationships",
         ns,
         {"action": "delete", "type": "owner", "source": "user:3", "target": "wallet:3"},
+        timeout_s=60,
     )
 
 
 async def assert_mixed_history(wire: Wire, ns: str) -> None:
     got = {"action": "get", "type": "owner", "source": "user:1", "target": "wallet:1"}
-    relationship = (await ok(wire, "queries", ns, got))["output"]["relationship"]
+    relationship = (await ok(wire, "queries", ns, got, timeout_s=60))["output"]["relationship"]
     assert (relationship["version"], relationship["metadata"]) == (2, {"a": 2})
     deleted = {**got, "source": "user:3", "target": "wallet:3"}
     assert (await wire.request("queries", ns, deleted, timeout_s=60))["error"]["code"] == "not_found"
     refused = await wire.request("relationships", ns, create("group:1", "owner", "wallet:9"), timeout_s=60)
     assert refused["error"]["code"] == "schema_violation", refused
-    path = await ok(wire, "queries", ns, {"action": "find_path", "source": "wallet:1", "target": "wallet:2"})
+    path = await ok(
+        wire, "queries", ns, {"action": "find_path", "source": "wallet:1", "target": "wallet:2"}, timeout_s=60
+    )
     assert path["output"]["path"] == ["wallet:1", "user:1", "user:2", "wallet:2"]
-    stats = (await ok(wire, "queries", ns, {"action": "stats"}))["output"]
+    stats = (await ok(wire, "queries", ns, {"action": "stats"}, timeout_s=60))["output"]
     assert (stats["relationships"], stats["entities"]) == (3, 4)
     assert stats["schema"] == {"owner": ["user -> wallet"]}
 

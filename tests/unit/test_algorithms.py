@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import networkx as nx
 import pytest
@@ -101,18 +102,31 @@ def assert_preferred_keys(
 # --------------------------------------------------------------------------- find_path
 
 
+def require_native() -> None:
+    """The C search must be there: the dev install builds it (never a skip in CI)."""
+    if not algorithms.NATIVE_AVAILABLE:
+        pytest.fail("the C search is not built (make install builds it) or NEXUS_STREAMS_PURE_PYTHON is set")
+
+
+@contextmanager
+def search_in(native: bool) -> Iterator[None]:
+    """Runs the block with the C search (native) or the Python one, then restores the previous."""
+    before = algorithms.NATIVE
+    use_native(native)
+    try:
+        yield
+    finally:
+        use_native(before)
+
+
 @pytest.fixture(params=["c", "python"])
 def search(request: pytest.FixtureRequest) -> Iterator[str]:
     """Runs a find_path test with the C search and with the Python one (the reference)."""
     native = request.param == "c"
-    if native and not algorithms.NATIVE_AVAILABLE:
-        pytest.fail(
-            "the C search is not built (make install builds it) or NEXUS_STREAMS_PURE_PYTHON is set"
-        )
-    before = algorithms.NATIVE
-    use_native(native)
-    yield request.param
-    use_native(before)
+    if native:
+        require_native()
+    with search_in(native):
+        yield request.param
 
 
 CHAIN = graph(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings
@@ -19,26 +17,14 @@ from nexus_streams.domain.algorithms import Path, find_path, use_native
 from nexus_streams.domain.errors import NexusError
 from nexus_streams.domain.index import PURE_PYTHON_ENV, Direction, GraphIndex
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key
-from tests.unit.test_index import ENTITIES, index_of, operations, random_keys
+from tests.unit.test_algorithms import directions, entities, require_native, search_in, type_sets
+from tests.unit.test_index import index_of, operations, random_keys
 
 
 @pytest.fixture
 def native_only() -> None:
     """The C search must be there: the dev install builds it (never a skip in CI)."""
-    if not algorithms.NATIVE_AVAILABLE:
-        pytest.fail(
-            "the C search is not built (make install builds it) or NEXUS_STREAMS_PURE_PYTHON is set"
-        )
-
-
-@contextmanager
-def search_in(native: bool) -> Iterator[None]:
-    before = algorithms.NATIVE
-    use_native(native)
-    try:
-        yield
-    finally:
-        use_native(before)
+    require_native()
 
 
 def outcome(index: GraphIndex, source: str, target: str, native: bool, **kwargs: object) -> object:
@@ -76,9 +62,6 @@ def test_use_native__unavailable__raises(monkeypatch: pytest.MonkeyPatch) -> Non
         use_native(True)
 
 
-directions = st.sampled_from(list(Direction))
-type_sets = st.none() | st.sets(st.sampled_from(list(RelationType)), min_size=1)
-entities = st.sampled_from([*ENTITIES, "nobody"])
 limits = st.integers(0, 12) | st.just(100_000)
 
 

@@ -18,11 +18,13 @@ import json
 from itertools import pairwise
 from typing import Any, TypeVar
 
+import networkx as nx
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from nexus_streams.domain.relationships import RelationshipKey, RelationType, canonical_key
 from nexus_streams.topics import RESULTS
+from tests.unit.test_graph import _model_cycle
 from tests.unit.test_service import (
     NS,
     PARTITION,
@@ -315,38 +317,6 @@ def _edges(keys: set[RelationshipKey]) -> set[tuple[str, str]]:
     return {(k.source, k.target) for k in keys if k.type is PARENT}
 
 
-def _acyclic(edges: set[tuple[str, str]]) -> bool:
-    """Kahn: a directed graph is acyclic iff repeatedly removing sources removes every node."""
-    nodes = {n for edge in edges for n in edge}
-    indegree = {n: 0 for n in nodes}
-    for _, child in edges:
-        indegree[child] += 1
-    ready = [n for n, d in indegree.items() if d == 0]
-    removed = 0
-    while ready:
-        node = ready.pop()
-        removed += 1
-        for parent, child in edges:
-            if parent == node:
-                indegree[child] -= 1
-                if indegree[child] == 0:
-                    ready.append(child)
-    return removed == len(nodes)
-
-
-def _reaches(edges: set[tuple[str, str]], start: str, goal: str) -> bool:
-    seen, frontier = {start}, [start]
-    while frontier:
-        node = frontier.pop()
-        if node == goal:
-            return True
-        for parent, child in edges:
-            if parent == node and child not in seen:
-                seen.add(child)
-                frontier.append(child)
-    return False
-
-
 def _model_step(keys: set[RelationshipKey], body: Body) -> tuple[str | None, set[RelationshipKey]]:
     """(the error code the step must get, or None; the relationships after it)."""
     if body["action"] == "delete_entity":
@@ -358,7 +328,7 @@ def _model_step(keys: set[RelationshipKey], body: Body) -> tuple[str | None, set
         return (None, keys - {key}) if key in keys else ("not_found", keys)
     if key in keys:
         return "duplicate_relationship", keys
-    if key.type is PARENT and _reaches(_edges(keys), key.target, key.source):
+    if _model_cycle(keys, key):
         return "cycle_detected", keys
     return None, keys | {key}
 
@@ -399,7 +369,8 @@ def test_commands__property__the_hierarchy_stays_acyclic(bodies: list[Body]) -> 
 
         result = result_of(worker.one(request(body, f"r-{n}")))
         keys = _keys(worker)
-        assert _acyclic(_edges(keys)), sorted(_edges(keys))
+        edges = _edges(keys)
+        assert nx.is_directed_acyclic_graph(nx.DiGraph(list(edges))), sorted(edges)
         assert keys == model
         error = result.get("error") or {}
         assert error.get("code") == expected_code, (body, result)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from nexus_streams.runtime import GcEpochs, GcSettings, LoopWatch
+from tests.unit.test_metrics import Clock
 
 
 class Node:
@@ -33,14 +34,6 @@ def cycle() -> Node:
     a, b = Node(), Node()
     a.other, b.other = b, a
     return a
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_install_sets_the_young_threshold_and_freezes_after_full_collections(clean_gc: None) -> None:
