@@ -10,6 +10,7 @@ import functools
 import json
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
@@ -17,6 +18,12 @@ from nexus_streams.domain.errors import UnknownAction, ValidationFailed
 from nexus_streams.messages import Inbound
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+#: how deep objects and arrays may nest in a message (NEXUS_MAX_NESTING_DEPTH's default)
+MAX_NESTING_DEPTH = 64
+#: orjson's own bound: deeper values do not parse at all
+ORJSON_MAX_DEPTH = 1024
+#: field errors listed in one error result; the rest are counted
+MAX_FIELD_ERRORS = 20
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -29,31 +36,51 @@ class Undecodable(Exception):
 
 
 def decode_object(raw: bytes | None) -> dict[str, Any]:
+    """One JSON object, read once; nesting past orjson's own bound (1,024 levels) is undecodable,
+    and `check_nesting` holds the value to the configured depth before anything walks it."""
     if raw is None:
         raise Undecodable("empty value (tombstone); expected a JSON object")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise Undecodable(f"value is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Undecodable(f"value is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-        # "\ud800" is valid JSON but no Unicode text: nothing downstream could encode it
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise Undecodable("value has a lone surrogate escape (e.g. \\ud800); use valid Unicode") from None
-    except ValueError as exc:
-        if not isinstance(exc, json.JSONDecodeError):
-            raise Undecodable(str(exc)) from None
-        raise Undecodable(f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Undecodable(_decode_reason(raw, exc)) from None
     if not isinstance(value, dict):
         raise Undecodable(f"value is JSON {type(value).__name__}; expected an object")
     return value
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"value is not JSON: {name} is not a JSON number")
+def _decode_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"value is not UTF-8: {bad.reason} at byte {bad.start}"
+    if exc.msg.startswith("depth limit exceeded"):
+        return f"value nests deeper than {ORJSON_MAX_DEPTH} levels at char {exc.pos}; keep JSON shallow"
+    if "surrogate" in exc.msg:
+        return "value has a lone surrogate escape (e.g. \\ud800); use valid Unicode"
+    return f"value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+
+
+def check_nesting(value: dict[str, Any], max_depth: int = MAX_NESTING_DEPTH) -> None:
+    """Refuse values nested deeper than `max_depth` (objects and arrays), without recursion: a
+    deep value would exhaust the interpreter's stack in whatever walks it next (validation,
+    encoding, logging)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        items = container.values() if isinstance(container, dict) else container
+        for item in items:
+            if isinstance(item, dict | list):
+                if depth >= max_depth:
+                    raise ValidationFailed(
+                        f"value nests objects and arrays deeper than {max_depth} levels "
+                        "(NEXUS_MAX_NESTING_DEPTH): flatten it",
+                        errors=[{"field": "(value)", "message": f"nested deeper than {max_depth}"}],
+                        limit=max_depth,
+                    )
+                stack.append((item, depth + 1))
 
 
 def request_id_of(data: dict[str, Any]) -> str | None:
@@ -63,10 +90,25 @@ def request_id_of(data: dict[str, Any]) -> str | None:
 
 
 def field_errors(exc: PydanticValidationError) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "(value)", "message": err["msg"]}
-        for err in exc.errors(include_url=False)
+    """The first `MAX_FIELD_ERRORS` problems (a value with thousands of unknown fields must not
+    make a result larger than the broker takes)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    listed = [
+        {"field": cut(".".join(str(p) for p in err["loc"]) or "(value)"), "message": cut(err["msg"])}
+        for err in errors[:MAX_FIELD_ERRORS]
     ]
+    if len(errors) > MAX_FIELD_ERRORS:
+        listed.append({"field": "(value)", "message": f"and {len(errors) - MAX_FIELD_ERRORS} more problems"})
+    return listed
+
+
+def short(value: object, limit: int = 120) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters."""
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def parse_model(model: type[M], data: dict[str, Any]) -> M:
@@ -89,7 +131,7 @@ def parse_action(actions: dict[str, type[Inbound]], data: dict[str, Any], topic:
     model = actions.get(action) if isinstance(action, str) else None
     if model is None:
         raise UnknownAction(
-            f"unknown action {action!r} on {topic}; use one of: {', '.join(actions)}",
+            f"unknown action {short(action)} on {topic}; use one of: {', '.join(actions)}",
             field="action",
             allowed=list(actions),
         )

@@ -17,9 +17,24 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from nexus_streams.codec import Undecodable, decode_object, parse_model, request_id_of
+from nexus_streams.codec import (
+    MAX_NESTING_DEPTH,
+    Undecodable,
+    check_nesting,
+    decode_object,
+    parse_model,
+    request_id_of,
+    short,
+)
 from nexus_streams.domain.access import AccessPolicy
-from nexus_streams.domain.errors import ErrorCode, NexusError, NotFound, UnknownAction, ValidationFailed
+from nexus_streams.domain.errors import (
+    ErrorCode,
+    InternalError,
+    NexusError,
+    NotFound,
+    UnknownAction,
+    ValidationFailed,
+)
 from nexus_streams.domain.patterns import Pattern
 from nexus_streams.domain.validation import PatternLimits, validate_pattern
 from nexus_streams.messages import (
@@ -53,6 +68,7 @@ class PatternRegistry:
         requests: RequestLog,
         limits: PatternLimits | None = None,
         clock: Callable[[], datetime] = utcnow,
+        max_nesting_depth: int = MAX_NESTING_DEPTH,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -60,6 +76,7 @@ class PatternRegistry:
         self.requests = requests
         self.limits = limits or PatternLimits()
         self.clock = clock
+        self.max_nesting_depth = max_nesting_depth
 
     async def handle(self, msg: Received) -> Reply:
         try:
@@ -75,13 +92,14 @@ class PatternRegistry:
         action = data.get("action") if isinstance(data.get("action"), str) else None
         principal = data.get("principal") if isinstance(data.get("principal"), str) else None
         try:
+            check_nesting(data, self.max_nesting_depth)
             command = self._parse(data)
             output, events, pattern_id = await self._run(command, key)
         except NexusError as exc:
             return self._error(msg, request_id, principal, action, key or _document_id(data), exc)
         except Exception as exc:  # a bug must not kill the agent: answer and log it
             log.exception("internal error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            internal = InternalError.of(exc)
             return self._error(msg, request_id, principal, action, key, internal)
         reply = self._ok(msg, command, pattern_id, output, events)
         reply.remembered = Remembered.of(reply)
@@ -92,7 +110,7 @@ class PatternRegistry:
         model = PATTERN_ACTIONS.get(action) if isinstance(action, str) else None
         if model is None:
             raise UnknownAction(
-                f"unknown action {action!r} on patterns; use one of: {', '.join(PATTERN_ACTIONS)}",
+                f"unknown action {short(action)} on patterns; use one of: {', '.join(PATTERN_ACTIONS)}",
                 field="action",
                 allowed=list(PATTERN_ACTIONS),
             )
@@ -216,7 +234,7 @@ def _same_id(key: str | None, named: str | None) -> str:
     """The pattern id: the message key, and the id in the command when both are given."""
     if key and named and key != named:
         raise ValidationFailed(
-            f"the message key is {key!r} but the command names pattern {named!r}; make them equal",
+            f"the message key is {short(key)} but the command names pattern {short(named)}; make them equal",
             errors=[{"field": "pattern_id", "message": "does not match the key"}],
         )
     pattern_id = named or key

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from nexus_streams.codec import encode
-from nexus_streams.domain.errors import NexusError
-from nexus_streams.messages import ErrorBody, Event, Result, SourceRef
-from nexus_streams.topics import DEADLETTER, EVENTS, RESULTS, Header, TopicSpec
+from nexus_streams.codec import Undecodable, decode_object, encode, request_id_of
+from nexus_streams.domain.errors import ErrorCode, InternalError, NexusError
+from nexus_streams.messages import DEFAULT_NAMESPACE, ErrorBody, Event, Result, SourceRef
+from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, RESULTS, Header, TopicSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +40,33 @@ def _key(namespace: str | None, pattern_id: str | None) -> bytes | None:
     return None if value is None else value.encode()
 
 
+#: the largest result or event published; the producer's request limit is 1 MiB, and a dead
+#: letter (the original message, up to 1 MiB, and its headers) needs more: streams/app.py
+MAX_OUTBOUND_BYTES = 900 * 1024
+#: an error message's characters (some quote the input)
+MAX_ERROR_MESSAGE = 2000
+
+
 def result_message(result: Result) -> Outbound:
+    value = encode(result)
+    if len(value) > MAX_OUTBOUND_BYTES:
+        error = _too_large(len(value))
+        result = result.model_copy(update={"status": "error", "output": None, "error": error})
+        value = encode(result)
     headers = {Header.STATUS.value: result.status.encode()}
     if result.namespace is not None:
         headers[Header.NAMESPACE.value] = result.namespace.encode()
     if result.request_id is not None:
         headers[Header.REQUEST_ID.value] = result.request_id.encode()
-    return Outbound(RESULTS, _key(result.namespace, result.pattern_id), encode(result), headers)
+    return Outbound(RESULTS, _key(result.namespace, result.pattern_id), value, headers)
 
 
 def event_message(event: Event) -> Outbound:
+    value = encode(event)
+    if len(value) > MAX_OUTBOUND_BYTES:
+        omitted = {"omitted": f"the event's data was {len(value)} bytes; the limit is {MAX_OUTBOUND_BYTES}"}
+        event = event.model_copy(update={"relationship": None, "data": omitted})
+        value = encode(event)
     headers = {Header.EVENT_TYPE.value: event.type.encode()}
     if event.namespace is not None:
         headers[Header.NAMESPACE.value] = event.namespace.encode()
@@ -57,7 +74,16 @@ def event_message(event: Event) -> Outbound:
         headers[Header.PATTERN_ID.value] = event.pattern_id.encode()
     if event.pattern_version is not None:
         headers[Header.PATTERN_VERSION.value] = str(event.pattern_version).encode()
-    return Outbound(EVENTS, _key(event.namespace, event.pattern_id), encode(event), headers)
+    return Outbound(EVENTS, _key(event.namespace, event.pattern_id), value, headers)
+
+
+def _too_large(size: int) -> ErrorBody:
+    return ErrorBody(
+        code=ErrorCode.RESOURCE_LIMIT.value,
+        message=f"the request was processed, but its result is {size} bytes as JSON and the limit is "
+        f"{MAX_OUTBOUND_BYTES}: ask for less (a lower `limit`, `types`, `max_depth`)",
+        details={"bytes": size, "limit": MAX_OUTBOUND_BYTES},
+    )
 
 
 def deadletter_message(msg: Received, code: str, reason: str) -> Outbound:
@@ -83,10 +109,13 @@ def failure(
     offset: int | None,
     now: datetime,
 ) -> tuple[Result, list[Outbound]]:
-    """A refused or failed request: its error result, the `error` event, and, when it has no
-    request_id (nobody can await its result), the message itself in the dead-letter topic."""
+    """A refused or failed request: its error result, the `error` event, and the message itself in
+    the dead-letter topic when it has no request_id (nobody can await its result) or when the
+    service failed on it (an operator looks at it, and can redrive it)."""
     source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
     body = ErrorBody.model_validate(exc.to_dict())
+    if len(body.message) > MAX_ERROR_MESSAGE:
+        body = body.model_copy(update={"message": body.message[: MAX_ERROR_MESSAGE - 3] + "..."})
     result = Result(
         request_id=request_id,
         namespace=namespace,
@@ -109,6 +138,31 @@ def failure(
         data={"action": action, "source": source.model_dump()},
     )
     outbound = [result_message(result), event_message(event)]
-    if request_id is None:
-        outbound.append(deadletter_message(msg, exc.code.value, exc.message))
+    if request_id is None or exc.code is ErrorCode.INTERNAL_ERROR:
+        outbound.append(deadletter_message(msg, exc.code.value, exc.reason))
     return result, outbound
+
+
+def unforeseen(msg: Received, exc: BaseException, now: datetime) -> tuple[Result, list[Outbound]]:
+    """The outcome of a message whose handling raised what no handler caught: `internal_error`,
+    with what can still be read of the message (its request id, principal, action)."""
+    try:
+        data = decode_object(msg.value)
+    except Undecodable:
+        data = {}
+    request_id = request_id_of(data)
+    principal = data.get("principal") if isinstance(data.get("principal"), str) else None
+    action = data.get("action") if isinstance(data.get("action"), str) else None
+    key = msg.key.decode("utf-8", errors="replace")[:128] if msg.key else None
+    by_namespace = msg.spec is not PATTERNS
+    return failure(
+        msg,
+        InternalError.of(exc),
+        namespace=(key or DEFAULT_NAMESPACE) if by_namespace else None,
+        request_id=request_id,
+        principal=principal[:256] if principal else None,
+        action=action[:64] if action else None,
+        pattern_id=None if by_namespace else key,
+        offset=None,
+        now=now,
+    )

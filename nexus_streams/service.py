@@ -24,12 +24,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from nexus_streams.codec import Undecodable, decode_object, parse_action, parse_model, request_id_of
+from nexus_streams.codec import (
+    MAX_NESTING_DEPTH,
+    Undecodable,
+    check_nesting,
+    decode_object,
+    parse_action,
+    parse_model,
+    request_id_of,
+)
 from nexus_streams.domain import algorithms, analysis
 from nexus_streams.domain.access import AccessPolicy
 from nexus_streams.domain.errors import (
     BatchTooLarge,
     ErrorCode,
+    InternalError,
     NexusError,
     PathNotFound,
     ResourceLimit,
@@ -118,6 +127,7 @@ class Limits:
     snapshot_max_age_s: float = 30.0
     min_offset_wait_s: float = 30.0
     request_retention_s: float = 7 * 24 * 3600.0
+    max_nesting_depth: int = MAX_NESTING_DEPTH
 
 
 @dataclass(slots=True)
@@ -328,6 +338,7 @@ class NamespaceService:
                 return [self._replay(msg, namespace, previous)]
         action = data.get("action") if isinstance(data.get("action"), str) else None
         try:
+            check_nesting(data, self.limits.max_nesting_depth)
             command = self._parse(msg.spec, data)
             if command.namespace is not None and command.namespace != namespace:
                 raise ValidationFailed(
@@ -452,7 +463,7 @@ class NamespaceService:
         except Exception as exc:  # a bug must not kill the agent: answer and log it
             graph.rollback(savepoint)
             log.exception("internal error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            internal = InternalError.of(exc)
             return self._error(
                 msg, namespace, command.request_id, getattr(command, "action", None), data, internal
             )
@@ -557,7 +568,7 @@ class NamespaceService:
             log.exception(
                 "internal error running an execution on %s[%d]@%d", msg.topic, msg.partition, msg.offset
             )
-            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            internal = InternalError.of(exc)
             return self._error(msg, namespace, command.request_id, "execute", data, internal)
         if ran is None:
             return Reply(msg, namespace=namespace)  # a duplicate of a running request, or a late resume
@@ -623,7 +634,7 @@ class NamespaceService:
             return [self._error(msg, namespace, query.request_id, query.action, _who(query), exc)]
         except Exception as exc:
             log.exception("internal error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-            internal = NexusError(f"internal error: {type(exc).__name__}; the request may be retried")
+            internal = InternalError.of(exc)
             return [self._error(msg, namespace, query.request_id, query.action, _who(query), internal)]
         return [self._ok(msg, namespace, query, Outcome(output))]
 
@@ -746,7 +757,7 @@ class NamespaceService:
             if error is not None:
                 if not isinstance(error, NexusError):
                     log.error("analysis of %s failed: %r", namespace, error)
-                    error = NexusError(f"internal error: {type(error).__name__}; the request may be retried")
+                    error = InternalError.of(error)
                 return [self._error(msg, namespace, query.request_id, query.action, _who(query), error)]
             snap, output = value
             taken = reuse or _Snapshot(snap, applied, taken_at=now)

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     max_batch: int = Field(default=1000, ge=1, description="commands in one batch")
+    max_nesting_depth: int = Field(
+        default=64,
+        ge=2,
+        le=1000,
+        description="how deep objects and arrays may nest in a message; deeper is a validation_error",
+    )
     max_delete_entity: int = Field(
         default=10_000, ge=1, description="relationships one delete_entity may remove"
     )

@@ -46,6 +46,11 @@ class Header(StrEnum):
     SOURCE_OFFSET = "nexus-source-offset"
 
 
+#: room for a dead-lettered message of the broker's default limit (1 MiB) and its headers; the
+#: worker's producer takes requests of this size too
+DEADLETTER_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -56,6 +61,8 @@ class TopicSpec:
     messages: tuple[type[BaseModel], ...]
     headers: tuple[Header, ...] = ()
     inbound: bool = True
+    #: the topic's `max.message.bytes`, where the broker's default is too small
+    max_message_bytes: int | None = None
 
 
 RELATIONSHIPS = TopicSpec(
@@ -117,6 +124,8 @@ DEADLETTER = TopicSpec(
     cleanup_policy="delete",
     description="Messages that could not be decoded, unchanged, with the reason in headers.",
     messages=(DeadLetter,),
+    # an input message may take the broker's whole default limit (1 MiB): its dead letter adds headers
+    max_message_bytes=DEADLETTER_MAX_MESSAGE_BYTES,
     headers=(
         Header.ERROR_CODE,
         Header.ERROR_REASON,

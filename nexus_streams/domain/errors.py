@@ -72,6 +72,11 @@ class NexusError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code.value, "message": self.message, "details": self.details}
 
+    @property
+    def reason(self) -> str:
+        """What an operator reads in a dead letter's `nexus-error-reason` header."""
+        return self.message
+
 
 class ValidationFailed(NexusError):
     code = ErrorCode.VALIDATION_ERROR
@@ -159,6 +164,27 @@ class PatternDeprecated(NexusError):
 
 class StoreUnavailable(NexusError):
     code = ErrorCode.STORE_UNAVAILABLE
+
+
+class InternalError(NexusError):
+    """What the service did not foresee, as the outcome of the message that provoked it."""
+
+    code = ErrorCode.INTERNAL_ERROR
+
+    @classmethod
+    def of(cls, exc: BaseException) -> InternalError:
+        error = cls(
+            f"internal error: {type(exc).__name__}; the request may be retried",
+            exception=type(exc).__name__,
+        )
+        error.cause = f"{type(exc).__name__}: {exc}"[:500]
+        return error
+
+    cause: str = ""
+
+    @property
+    def reason(self) -> str:
+        return f"{self.message} ({self.cause})" if self.cause else self.message
 
 
 # -- problems: validation that reports everything it found at once ----------------------------

@@ -142,6 +142,7 @@ from typing import Any, Literal
 from nexus_streams.domain import algorithms
 from nexus_streams.domain.errors import (
     ErrorCode,
+    InternalError,
     NexusError,
     NotFound,
     PathNotFound,
@@ -1542,7 +1543,7 @@ def _problem_of(exc: Exception, path: str, execution_id: str) -> dict[str, Any]:
     if isinstance(exc, NexusError):
         return _error_of(exc)
     _log.exception("step %s of execution %s failed", path, execution_id)
-    return _error(ErrorCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+    return _error_of(InternalError.of(exc))
 
 
 def _step_deadline(step: Step, state: StepState) -> datetime | None:

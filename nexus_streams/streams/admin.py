@@ -41,6 +41,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
     await admin.start()
     try:
         policies = {settings.topic(spec.name): spec.cleanup_policy for spec in ALL_TOPICS}
+        limits = {
+            settings.topic(spec.name): spec.max_message_bytes for spec in ALL_TOPICS if spec.max_message_bytes
+        }
         # the tables' changelogs too: left to Faust, their creation races its first assignment on a
         # new broker (the agent then fails with PartitionsMismatch on a changelog it cannot see yet)
         policies |= {changelog_topic(settings, table): "compact" for table in TABLES}
@@ -51,7 +54,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
                 name=name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": policy},
+                topic_configs={"cleanup.policy": policy}
+                | ({"max.message.bytes": str(limits[name])} if name in limits else {}),
             )
             for name, policy in policies.items()
             if name not in existing

@@ -22,6 +22,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import EventT
 
+from nexus_streams.codec import Undecodable, decode_object
 from nexus_streams.diagnostics import install_task_dump
 from nexus_streams.domain.access import AccessPolicy
 from nexus_streams.domain.errors import NexusError, NotFound
@@ -33,8 +34,8 @@ from nexus_streams.executions import Executions, ExecutionStats, PatternLookup
 from nexus_streams.logs import log_reply
 from nexus_streams.metrics import INPUT_TOPICS, Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
-from nexus_streams.patterns import register_system_patterns
-from nexus_streams.replies import Outbound, Received
+from nexus_streams.patterns import SystemPatterns
+from nexus_streams.replies import Outbound, Received, unforeseen
 from nexus_streams.runtime import GcEpochs, GcSettings, LoopWatch
 from nexus_streams.service import Limits, NamespaceService, Reply
 from nexus_streams.settings import Settings
@@ -55,6 +56,7 @@ from nexus_streams.streams.tables import (
 from nexus_streams.streams.watch import InputWatch
 from nexus_streams.topics import (
     ALL_TOPICS,
+    DEADLETTER_MAX_MESSAGE_BYTES,
     EVENTS,
     EXECUTIONS,
     PATTERNS,
@@ -68,6 +70,10 @@ log = logging.getLogger(__name__)
 
 #: how long execution statistics wait for more to join their Redis pipeline
 STATISTICS_LINGER_S = 0.05
+#: how long an execution waits at worker start for the system patterns to be registered
+SYSTEM_PATTERNS_WAIT_S = 30.0
+#: how often the maintenance loop checks that the system patterns are still in the store
+SYSTEM_PATTERNS_CHECK_S = 30.0
 T = TypeVar("T")
 
 
@@ -83,6 +89,7 @@ def limits_from(settings: Settings) -> Limits:
         snapshot_max_age_s=settings.snapshot_max_age_s,
         min_offset_wait_s=settings.min_offset_wait_s,
         request_retention_s=settings.request_retention_s,
+        max_nesting_depth=settings.max_nesting_depth,
     )
 
 
@@ -102,6 +109,9 @@ class NamespaceActor:
         self.metrics = metrics
         self.store = store
         self.cache = cache
+        self.system_patterns = SystemPatterns(store, cache)
+        #: when the maintenance loop last looked for the system patterns in the store
+        self._system_checked = time.monotonic()
         self.policy = AccessPolicy.of(settings.admin_principals())
         #: waiting executions whose resume was sent, and when (so it is not sent every tick)
         self._resume_sent: dict[tuple[str, str], float] = {}
@@ -313,8 +323,26 @@ class NamespaceActor:
             self.watch.busy += 1
             try:
                 await self.handle_event(event, msg)
+            except Exception as exc:  # whatever a message provokes ends as its outcome
+                await self.fail(event, msg, exc)
             finally:
                 self.watch.busy -= 1
+
+    async def fail(self, event: EventT[bytes], msg: Any, exc: Exception) -> None:
+        """A message whose handling raised what no handler caught: its `internal_error` result
+        (when it has a request id), an `error` event and a dead letter, then the next message.
+        If even that cannot be published, the message stays unacknowledged (read again after a
+        restart) and the agent goes on."""
+        log.error("internal error on %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc, exc_info=exc)
+        started = time.perf_counter()
+        received = Received(
+            self.by_name[msg.topic], msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event
+        )
+        try:
+            result, outbound = unforeseen(received, exc, self.service.clock())
+            await self.complete(Reply(received, outbound, result=result), started)
+        except Exception:
+            log.exception("internal error of %s[%d]@%d not published", msg.topic, msg.partition, msg.offset)
 
     async def handle_event(self, event: EventT[bytes], msg: Any) -> None:
         started = time.perf_counter()
@@ -348,6 +376,12 @@ class NamespaceActor:
         from the cache or Redis before the message is handled (handling is synchronous)."""
         wanted = self._pattern_wanted(received)
         lookup = PatternLookup()
+        if not wanted:
+            return lookup
+        system = self.system_patterns
+        # no execution is answered before the shipped patterns are in the store (or the store
+        # has been down this long: the execution then answers store_unavailable)
+        await system.wait_ready(SYSTEM_PATTERNS_WAIT_S)
         try:
             for _ in range(self.settings.pattern_max_inclusion_depth + 2):
                 following: list[tuple[str, int | None]] = []
@@ -355,7 +389,12 @@ class NamespaceActor:
                     try:
                         pattern = await self.cache.fetch(self.store, pattern_id, version)
                     except NotFound:
-                        continue  # the service answers not_found
+                        if pattern_id not in system.ids or not await system.restore_if_missing():
+                            continue  # the service answers not_found
+                        try:
+                            pattern = await self.cache.fetch(self.store, pattern_id, version)
+                        except NotFound:
+                            continue
                     lookup.add(pattern, latest=version is None)
                     following += [(i.pattern_id, i.version) for i in pattern.includes()]
                 wanted = [ref for ref in following if ref[1] is None or ref not in lookup.by_version]
@@ -367,12 +406,10 @@ class NamespaceActor:
 
     def _pattern_wanted(self, received: Received) -> list[tuple[str, int | None]]:
         try:
-            data = json.loads(received.value or b"")
+            data = decode_object(received.value)
             namespace = (received.key or b"default").decode()
-        except (ValueError, UnicodeDecodeError):
+        except (Undecodable, UnicodeDecodeError):
             return []  # the service reports what is wrong with the message
-        if not isinstance(data, dict):
-            return []
         if data.get("action") == "resume":
             ref = self.service.executions.pattern_of(namespace, str(data.get("execution")))
             return [] if ref is None else [ref]
@@ -387,6 +424,16 @@ class NamespaceActor:
         asyncio.get_running_loop().call_later(
             delay_s, lambda: self._spawn(self.send_resume(namespace, request_id))
         )
+
+    async def register_system_patterns(self) -> None:
+        """At start (a Faust task: it takes no arguments)."""
+        await self.system_patterns.register_until_done()
+
+    async def _restore_system_patterns(self) -> None:
+        try:
+            await self.system_patterns.restore_if_missing()
+        except NexusError as exc:  # the store is down: the next check tries again
+            log.warning("system patterns not checked: %s", exc.message)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -433,6 +480,15 @@ class NamespaceActor:
     async def maintain(self) -> None:
         """Time out overdue parked queries; ask the owners of expired relationships to drop them;
         wake waiting executions whose time has come (after a restart, or if a wake-up was lost)."""
+        try:
+            await self._maintain()
+        except Exception:  # the next tick tries again; a failed tick must not end the timer
+            log.exception("maintenance failed")
+
+    async def _maintain(self) -> None:
+        if time.monotonic() - self._system_checked >= SYSTEM_PATTERNS_CHECK_S:
+            self._system_checked = time.monotonic()
+            self._spawn(self._restore_system_patterns())
         for reply in self.service.release_overdue():
             await self.complete(reply, time.perf_counter())
         collected = self.gc.maybe_end_epoch()
@@ -477,6 +533,7 @@ class PatternActor:
                 max_document_bytes=settings.pattern_max_document_bytes,
                 max_inclusion_depth=settings.pattern_max_inclusion_depth,
             ),
+            max_nesting_depth=settings.max_nesting_depth,
         )
         self.topic = namespaces.topics[PATTERNS]
 
@@ -490,6 +547,8 @@ class PatternActor:
             watch.busy += 1
             try:
                 await self.handle_event(event, msg)
+            except Exception as exc:  # whatever a message provokes ends as its outcome
+                await self.namespaces.fail(event, msg, exc)
             finally:
                 watch.busy -= 1
 
@@ -500,28 +559,6 @@ class PatternActor:
         )
         self.namespaces._write_tables(reply, self.request_log)
         await self.namespaces._finish(reply, started)
-
-    async def register_system_patterns(self) -> None:
-        """At start, idempotently; Redis may come later than the worker: retry until it answers."""
-        delay_s = 0.5
-        while True:
-            try:
-                stored = await register_system_patterns(self.store)
-            except NexusError as exc:
-                log.warning(
-                    "system patterns not registered yet (%s); retrying in %.1fs", exc.message, delay_s
-                )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 30.0)
-                continue
-            for version in stored:
-                self.cache.invalidate(version.pattern_id)
-            log.info(
-                "system patterns registered: %s",
-                ", ".join(f"{v.pattern_id} v{v.version}{'' if v.created else ' (unchanged)'}" for v in stored)
-                or "none (admins changed them)",
-            )
-            return
 
 
 async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None:
@@ -581,6 +618,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_request_size=DEADLETTER_MAX_MESSAGE_BYTES,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
@@ -595,7 +633,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app.timer(interval=settings.maintenance_interval_s)(actor.maintain)
     patterns = PatternActor(app, settings, actor)
     app.agent(actor.topics[PATTERNS], name="apply_pattern_commands")(patterns.process)
-    app.task(patterns.register_system_patterns)
+    app.task(actor.register_system_patterns)
     app.task(partial(follow_pattern_events, settings, cache))
     app.task(partial(_install_runtime, app, settings, metrics))
     app.nexus_actor = actor  # type: ignore[attr-defined]

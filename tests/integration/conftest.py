@@ -63,16 +63,18 @@ def redis_url() -> str:
 class WorkerProcess:
     """`nexus-streams worker` as a user runs it, in its own process, logging to a file."""
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+    def __init__(self, env: dict[str, str], name: str, module: str = "nexus_streams") -> None:
         self.env = env
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: what `python -m` runs (a test may wrap the worker, e.g. to inject failures)
+        self.module = module
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nexus_streams", "worker"],
+            [sys.executable, "-m", self.module, "worker"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -188,7 +190,7 @@ async def create_topics(kafka_bootstrap: str, env: dict[str, str]) -> None:
 
 @contextlib.asynccontextmanager
 async def own_worker(
-    kafka_bootstrap: str, redis_url: str, name: str
+    kafka_bootstrap: str, redis_url: str, name: str, module: str = "nexus_streams"
 ) -> AsyncIterator[tuple[Wire, WorkerProcess, str]]:
     """A worker of its own (own topics, group, Redis keys) for tests that kill and restart it;
     yields it answering, with a Wire on its topics and the run id; stops both afterwards."""
@@ -197,7 +199,7 @@ async def own_worker(
     await create_topics(kafka_bootstrap, env)
     wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
     await wire.start()
-    worker = WorkerProcess(env, f"worker-{run_id}")
+    worker = WorkerProcess(env, f"worker-{run_id}", module)
     try:
         worker.start()
         await wait_until_answering(wire, worker)

@@ -74,12 +74,33 @@ class Wire:
 
     async def send(self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]) -> int:
         """Produce one message; return its offset."""
+        return (await self.send_located(topic, key, value))[1]
+
+    async def send_located(
+        self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]
+    ) -> tuple[int, int]:
+        """Produce one message; return its partition and offset."""
         if isinstance(value, dict):
             value = json.dumps(value).encode()
         if isinstance(key, str):
             key = key.encode()
         metadata = await self.producer.send_and_wait(self.topic(topic), value, key=key)
-        return metadata.offset
+        return metadata.partition, metadata.offset
+
+    def dead_letters(self, topic: str, partition: int, offset: int) -> list[Record]:
+        """The dead letters of the message at `topic`[`partition`]@`offset`."""
+        source = (self.topic(topic), str(partition), str(offset))
+        return self.matching(
+            "deadletter",
+            lambda r: (
+                (
+                    r.headers.get("nexus-source-topic"),
+                    r.headers.get("nexus-source-partition"),
+                    r.headers.get("nexus-source-offset"),
+                )
+                == source
+            ),
+        )
 
     async def wait_for(self, topic: str, predicate, count: int = 1, timeout_s: float = 30.0) -> list[Record]:
         """Wait until `count` records on `topic` match `predicate`; fail at the deadline."""

@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 
 from nexus_streams.codec import (
+    MAX_FIELD_ERRORS,
     MAX_MESSAGE_BYTES,
+    MAX_NESTING_DEPTH,
+    ORJSON_MAX_DEPTH,
     Undecodable,
+    check_nesting,
     decode_object,
     encode,
     parse_action,
@@ -77,6 +81,14 @@ from nexus_streams.messages import (
         (b"null", "JSON NoneType"),
         (b" " * (MAX_MESSAGE_BYTES + 1), "limit"),
         (b'{"a": "' + b"x" * MAX_MESSAGE_BYTES + b'"}', "limit"),
+        (b'{"a": NaN}', "not JSON"),
+        (b'{"a": Infinity}', "not JSON"),
+        (b'{"a": 1e400}', "not JSON"),
+        (b'{"a": "\\ud800"}', "lone surrogate"),
+        (b"[" * 5000 + b"]" * 5000, f"deeper than {ORJSON_MAX_DEPTH}"),
+        (b"[" * 5000, f"deeper than {ORJSON_MAX_DEPTH}"),
+        (b'{"a": ' + b"[" * 2000 + b"]" * 2000 + b"}", f"deeper than {ORJSON_MAX_DEPTH}"),
+        (b'{"a": ' + b'{"b": ' * 2000 + b"1" + b"}" * 2001, f"deeper than {ORJSON_MAX_DEPTH}"),
     ],
     ids=lambda v: repr(v)[:40] if not isinstance(v, str) else v,
 )
@@ -85,6 +97,64 @@ def test_decode_object__undecodable(raw: bytes | None, reason: str) -> None:
         decode_object(raw)
     assert reason in info.value.reason
     assert str(info.value) == info.value.reason
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """`depth` levels of alternating arrays and objects around `leaf`."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "refused"),
+    [
+        ({}, 2, False),
+        ({"a": 1, "b": "x"}, 2, False),
+        ({"a": {}}, 2, False),
+        ({"a": {"b": {}}}, 2, True),
+        ({"a": [[]]}, 2, True),
+        ({"a": [1, 2, {"b": 3}]}, 3, False),
+        ({"a": [1, 2, {"b": []}]}, 3, True),
+        ({"wide": [[0]] * 10_000}, 3, False),
+        ({"m": nested(MAX_NESTING_DEPTH - 1)}, MAX_NESTING_DEPTH, False),
+        ({"m": nested(MAX_NESTING_DEPTH)}, MAX_NESTING_DEPTH, True),
+        ({"m": nested(ORJSON_MAX_DEPTH - 2)}, MAX_NESTING_DEPTH, True),
+        ({"ok": 1, "late": {"x": [[[[[]]]]]}}, 4, True),
+    ],
+    ids=lambda v: repr(v)[:30] if not isinstance(v, dict) or "m" not in v else "deep",
+)
+def test_check_nesting__table(value: dict[str, Any], limit: int, refused: bool) -> None:
+    if not refused:
+        check_nesting(value, limit)
+        return
+    with pytest.raises(ValidationFailed) as info:
+        check_nesting(value, limit)
+    assert info.value.details["limit"] == limit
+    assert f"deeper than {limit}" in info.value.message
+
+
+def test_check_nesting__the_deepest_value_orjson_reads__no_recursion_error() -> None:
+    raw = b'{"a": ' + b"[" * (ORJSON_MAX_DEPTH - 1) + b"]" * (ORJSON_MAX_DEPTH - 1) + b"}"
+    with pytest.raises(ValidationFailed):
+        check_nesting(decode_object(raw))
+
+
+def test_parse_model__thousands_of_unknown_fields__errors_listed_up_to_the_cap() -> None:
+    data = {**CREATE, **{f"x{i}": i for i in range(5000)}}
+    with pytest.raises(ValidationFailed) as info:
+        parse(data)
+    errors = info.value.details["errors"]
+    assert len(errors) == MAX_FIELD_ERRORS + 1
+    assert errors[-1]["message"] == f"and {5000 - MAX_FIELD_ERRORS} more problems"
+    assert len(info.value.message) < 5000
+
+
+def test_parse_action__huge_unknown_action__quoted_short() -> None:
+    with pytest.raises(UnknownAction) as info:
+        parse(CREATE | {"action": "x" * 100_000})
+    assert len(info.value.message) < 400
 
 
 def test_decode_object__too_large__names_sizes() -> None:

@@ -784,6 +784,37 @@ def test_service__invalid_without_request_id__error_result_and_deadletter(
     assert worker.log.results == {}
 
 
+def deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("spec", [RELATIONSHIPS, QUERIES, EXECUTIONS], ids=lambda s: s.name)
+@pytest.mark.parametrize("field", ["metadata", "input", "extra"])
+def test_service__nested_past_the_limit__validation_error_naming_it(
+    worker: Worker, spec: TopicSpec, field: str
+) -> None:
+    raw = b'{"request_id": "r-deep", "principal": "alice", "action": "create", "%s": {"k": %s}}' % (
+        field.encode(),
+        deep(200),
+    )
+    reply = worker.one(raw, spec=spec)
+    assert specs(reply) == ["results", "events"]
+    error = assert_error(reply, "validation_error", "r-deep")
+    assert error["details"]["limit"] == 64
+    assert "NEXUS_MAX_NESTING_DEPTH" in error["message"]
+    assert len(worker.service.graph(NS)) == 0
+
+
+@pytest.mark.parametrize("raw", [deep(5000), b"[" * 5000, b'{"request_id": "r-1", "m": %s}' % deep(3000)])
+def test_service__nested_past_what_json_reads__dead_lettered(worker: Worker, raw: bytes) -> None:
+    reply = worker.one(raw)
+    assert specs(reply) == ["deadletter"]
+    dead = only(reply, DEADLETTER)
+    assert dead.value == raw
+    assert dead.headers["nexus-error-code"] == b"undecodable"
+    assert b"deeper than 1024" in dead.headers["nexus-error-reason"]
+
+
 # --------------------------------------------------------------------------- batch
 
 

@@ -1,0 +1,186 @@
+"""What a message's outcome publishes: results, events and dead letters, their bounds, and the
+outcome of a failure that no handler foresaw."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from nexus_streams.domain.errors import InternalError, NotFound
+from nexus_streams.messages import Event, Result
+from nexus_streams.replies import (
+    MAX_ERROR_MESSAGE,
+    MAX_OUTBOUND_BYTES,
+    Received,
+    event_message,
+    failure,
+    result_message,
+    unforeseen,
+)
+from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, RELATIONSHIPS, RESULTS, Header
+
+NOW = datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def received(value: bytes | None, key: bytes | None = b"ns-1", spec: Any = RELATIONSHIPS) -> Received:
+    return Received(spec, f"nexus.{spec.name}", 2, 41, key, value)
+
+
+def by_topic(outbound: list[Any]) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for out in outbound:
+        found.setdefault(out.spec.name, []).append(out)
+    return found
+
+
+def headers(out: Any) -> dict[str, str]:
+    return {k: v.decode() for k, v in out.headers.items()}
+
+
+def test_internal_error__of__names_the_exception_class_and_keeps_its_text_for_operators() -> None:
+    error = InternalError.of(RecursionError("maximum recursion depth exceeded"))
+    assert error.to_dict() == {
+        "code": "internal_error",
+        "message": "internal error: RecursionError; the request may be retried",
+        "details": {"exception": "RecursionError"},
+    }
+    assert "maximum recursion depth exceeded" in error.reason
+    assert "maximum recursion" not in error.message  # clients see the class, not the text
+
+
+@pytest.mark.parametrize(
+    ("request_id", "exc", "dead_lettered"),
+    [
+        ("r-1", NotFound("no such relationship"), False),
+        (None, NotFound("no such relationship"), True),
+        ("r-1", InternalError.of(KeyError("x")), True),
+        (None, InternalError.of(KeyError("x")), True),
+    ],
+    ids=["refused, request id", "refused, no request id", "internal, request id", "internal, none"],
+)
+def test_failure__dead_letters_when_nobody_awaits_or_the_service_failed(
+    request_id: str | None, exc: Any, dead_lettered: bool
+) -> None:
+    msg = received(b'{"action": "create"}')
+    result, outbound = failure(
+        msg,
+        exc,
+        namespace="ns-1",
+        request_id=request_id,
+        principal="alice",
+        action="create",
+        pattern_id=None,
+        offset=41,
+        now=NOW,
+    )
+    topics = by_topic(outbound)
+    assert result.status == "error" and result.error is not None and result.error.code == exc.code.value
+    assert len(topics["results"]) == 1 and len(topics["events"]) == 1
+    assert ("deadletter" in topics) is dead_lettered
+    if dead_lettered:
+        (letter,) = topics["deadletter"]
+        assert letter.value == msg.value
+        assert headers(letter)[Header.ERROR_CODE.value] == exc.code.value
+        assert headers(letter)[Header.ERROR_REASON.value] == exc.reason
+        assert headers(letter)[Header.SOURCE_OFFSET.value] == "41"
+
+
+def test_failure__long_error_message__cut() -> None:
+    result, _ = failure(
+        received(b"{}"),
+        NotFound("x" * 100_000),
+        namespace="ns-1",
+        request_id="r-1",
+        principal=None,
+        action=None,
+        pattern_id=None,
+        offset=None,
+        now=NOW,
+    )
+    assert result.error is not None and len(result.error.message) == MAX_ERROR_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "spec", "expected"),
+    [
+        (
+            b'{"request_id": "r-7", "principal": "alice", "action": "create"}',
+            b"ns-1",
+            RELATIONSHIPS,
+            {"request_id": "r-7", "namespace": "ns-1", "action": "create", "pattern_id": None},
+        ),
+        (b"not json", b"ns-1", RELATIONSHIPS, {"request_id": None, "namespace": "ns-1", "action": None}),
+        (b'{"request_id": 7}', None, RELATIONSHIPS, {"request_id": None, "namespace": "default"}),
+        (
+            b'{"request_id": "p-1", "action": "store"}',
+            b"my_pattern",
+            PATTERNS,
+            {"request_id": "p-1", "namespace": None, "pattern_id": "my_pattern", "action": "store"},
+        ),
+        (None, b"\xff\xfe", RELATIONSHIPS, {"request_id": None}),
+    ],
+    ids=["readable", "undecodable", "unusable request id, no key", "pattern command", "tombstone"],
+)
+def test_unforeseen__internal_error_result_event_and_dead_letter(
+    value: bytes | None, key: bytes | None, spec: Any, expected: dict[str, Any]
+) -> None:
+    msg = received(value, key, spec)
+    result, outbound = unforeseen(msg, RuntimeError("boom"), NOW)
+    assert result.status == "error" and result.error is not None
+    assert result.error.code == "internal_error"
+    assert result.error.details == {"exception": "RuntimeError"}
+    assert {k: getattr(result, k) for k in expected} == expected
+    topics = by_topic(outbound)
+    assert [o.spec for o in outbound] == [RESULTS, EVENTS, DEADLETTER]
+    (event,) = topics["events"]
+    assert json.loads(event.value)["type"] == "error"
+    (letter,) = topics["deadletter"]
+    assert letter.value == (value or b"") and letter.key == key
+    assert headers(letter)[Header.ERROR_CODE.value] == "internal_error"
+    assert "RuntimeError: boom" in headers(letter)[Header.ERROR_REASON.value]
+
+
+def test_result_message__over_the_limit__a_resource_limit_error_the_broker_takes() -> None:
+    big = Result(
+        request_id="q-1",
+        namespace="ns-1",
+        action="neighbors",
+        status="ok",
+        output={"neighbors": ["x" * 1000] * 1000},
+        processed_at=NOW,
+    )
+    out = result_message(big)
+    assert len(out.value) < 2000
+    data = json.loads(out.value)
+    assert data["status"] == "error" and "output" not in data
+    assert data["error"]["code"] == "resource_limit"
+    assert data["error"]["details"]["limit"] == MAX_OUTBOUND_BYTES
+    assert data["error"]["details"]["bytes"] > MAX_OUTBOUND_BYTES
+    assert headers(out)[Header.STATUS.value] == "error"
+    assert data["request_id"] == "q-1"
+
+
+def test_result_message__under_the_limit__unchanged() -> None:
+    result = Result(
+        request_id="q-1", namespace="ns-1", status="ok", output={"a": "x" * 1000}, processed_at=NOW
+    )
+    assert json.loads(result_message(result).value)["output"] == {"a": "x" * 1000}
+
+
+def test_event_message__over_the_limit__envelope_kept_data_omitted() -> None:
+    event = Event(
+        type="pattern_executed",
+        namespace="ns-1",
+        occurred_at=NOW,
+        pattern_id="p",
+        data={"outputs": ["y" * 1000] * 1000},
+    )
+    out = event_message(event)
+    data = json.loads(out.value)
+    assert len(out.value) < 2000
+    assert data["type"] == "pattern_executed" and data["pattern_id"] == "p"
+    assert "limit" in data["data"]["omitted"]
+    assert headers(out)[Header.EVENT_TYPE.value] == "pattern_executed"
