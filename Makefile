@@ -4,12 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ASYNCAPI := scripts/asyncapi
+ASYNCAPI_STAMP := $(ASYNCAPI)/node_modules/.installed
 STACK := bash scripts/stack.sh
 # the local stack's environment for the command that follows (stops there if it fails to start)
 WITH_STACK := set -e; stack_env=$$($(STACK) up); eval "$$stack_env";
 PYTEST_ARGS ?=
 
-.PHONY: help install stack-up stack-down stack-reset stack-status demo test test-unit test-integration lint topics-gen worker clean bench
+.PHONY: help install asyncapi-install stack-up stack-down stack-reset stack-status demo test test-unit test-integration lint topics-gen worker clean bench
 
 help:
 	@echo "make demo          install, start the local stack, run a worker, send one command"
@@ -20,6 +22,7 @@ help:
 	@echo "make stack-reset   stop the local stack and delete its data (every topic and key)"
 	@echo "make worker        run a worker against the local stack"
 	@echo "make topics-gen    regenerate topics/ from the pydantic models"
+	@echo "make asyncapi-install   the AsyncAPI parser (npm ci in scripts/asyncapi) for tests/test_asyncapi.py"
 
 # setup.py and the C source too: a changed extension is rebuilt
 $(STAMP): pyproject.toml setup.py nexus_streams/domain/_pathcore.c
@@ -29,6 +32,14 @@ $(STAMP): pyproject.toml setup.py nexus_streams/domain/_pathcore.c
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# the official AsyncAPI parser, as pinned by the lock file; install scripts are not run (the only
+# one is a dependency's usage report)
+$(ASYNCAPI_STAMP): $(ASYNCAPI)/package.json $(ASYNCAPI)/package-lock.json
+	cd $(ASYNCAPI) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(ASYNCAPI_STAMP)
+
+asyncapi-install: $(ASYNCAPI_STAMP)
 
 stack-up:
 	@$(STACK) up
@@ -48,7 +59,7 @@ demo: install
 worker: install
 	@$(WITH_STACK) $(VENV)/bin/nexus-streams worker
 
-test: install
+test: install asyncapi-install
 	@bash scripts/prometheus.sh install
 	@$(WITH_STACK) $(PY) -m pytest $(PYTEST_ARGS)
 

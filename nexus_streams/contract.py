@@ -1,5 +1,6 @@
 """The topic contract in topics/: an AsyncAPI 3 document and JSON Schemas generated from the
-pydantic models. `scripts/gen_topics.py` writes it; tests/test_contract.py fails on drift."""
+pydantic models. `scripts/gen_topics.py` writes it; tests/test_contract.py fails on drift, and
+tests/test_asyncapi.py runs the official AsyncAPI parser on it."""
 
 from __future__ import annotations
 
@@ -30,28 +31,121 @@ HEADER_DOCS: dict[Header, str] = {
 }
 
 
+#: The schema format the document declares for every payload. pydantic writes JSON Schema 2020-12,
+#: which the AsyncAPI 3 parser does not know; draft-07 is the newest JSON Schema it validates, so
+#: the schemas are rewritten to draft-07 (`draft_07`) and declared as such.
+JSON_SCHEMA_FORMAT = "application/schema+json;version=draft-07"
+JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+#: the unions of a topic's commands: schema files no message names, listed in components.schemas
+UNIONS: tuple[tuple[str, Any], ...] = (
+    ("RelationshipCommand", RelationshipCommand),
+    ("GraphQuery", GraphQuery),
+    ("PatternCommand", PatternCommand),
+)
+
+# keywords whose value is one schema, a list of schemas, or {name: schema}
+_SUBSCHEMA = frozenset(
+    {
+        "additionalProperties",
+        "additionalItems",
+        "items",
+        "contains",
+        "propertyNames",
+        "not",
+        "if",
+        "then",
+        "else",
+    }
+)
+_SUBSCHEMA_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SUBSCHEMA_MAP = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+# 2020-12 keywords without a draft-07 form: the generator fails rather than mislabel a schema
+_NO_DRAFT_07 = frozenset(
+    {
+        "$anchor",
+        "$dynamicAnchor",
+        "$dynamicRef",
+        "$vocabulary",
+        "dependentRequired",
+        "dependentSchemas",
+        "maxContains",
+        "minContains",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
+
+
+def draft_07(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's JSON Schema 2020-12 as draft-07, with `$schema` saying so."""
+    return {"$schema": JSON_SCHEMA_DIALECT, **_draft_07(schema, "#")}
+
+
+def _draft_07(schema: Any, where: str) -> Any:
+    """`$defs` become `definitions`; `prefixItems` the list form of `items` (2020-12's `items`
+    next to it becomes `additionalItems`); a `$ref` with siblings moves into `allOf`, since
+    draft-07 ignores whatever stands beside a `$ref`. Values that are data (`default`, `const`,
+    `enum`, `examples`) are kept as they are, and so is the OpenAPI `discriminator` annotation,
+    which draft-07 ignores, but for the references of its `mapping`."""
+    if not isinstance(schema, dict):
+        return schema  # true / false
+    if unsupported := sorted(_NO_DRAFT_07 & schema.keys()):
+        raise ValueError(f"{where}: JSON Schema draft-07 has no form of {', '.join(unsupported)}")
+    out = {key: _draft_07_value(key, value, f"{where}/{key}") for key, value in schema.items()}
+    if "$defs" in out:
+        out["definitions"] = {**out.get("definitions", {}), **out.pop("$defs")}
+    if "prefixItems" in out:
+        rest = out.pop("items", None)
+        out["items"] = out.pop("prefixItems")
+        if rest is not None:
+            out["additionalItems"] = rest
+    if "$ref" in out and len(out) > 1:
+        out["allOf"] = [{"$ref": out.pop("$ref")}, *out.get("allOf", [])]
+    return out
+
+
+def _draft_07_value(key: str, value: Any, where: str) -> Any:
+    """The draft-07 value of keyword `key` of a schema (its name unchanged)."""
+    if key in _SUBSCHEMA:
+        return _draft_07(value, where)
+    if key in _SUBSCHEMA_LIST:
+        return [_draft_07(v, f"{where}/{i}") for i, v in enumerate(value)]
+    if key in _SUBSCHEMA_MAP:
+        return {name: _draft_07(v, f"{where}/{name}") for name, v in value.items()}
+    if key == "$ref":
+        return _definitions_ref(value)
+    if key == "discriminator" and isinstance(value, dict) and "mapping" in value:
+        return {**value, "mapping": {k: _definitions_ref(v) for k, v in value["mapping"].items()}}
+    return value
+
+
+def _definitions_ref(ref: str) -> str:
+    return "#/definitions/" + ref.removeprefix("#/$defs/") if ref.startswith("#/$defs/") else ref
+
+
 def schema_file(name: str) -> str:
     return f"schemas/{name}.json"
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """{relative path: JSON Schema} for every message model, plus the relationship command union."""
+    """{relative path: JSON Schema draft-07} for every message model, plus the command unions."""
     out: dict[str, dict[str, Any]] = {}
     for spec in ALL_TOPICS:
         for model in spec.messages:
-            out[schema_file(model.__name__)] = model.model_json_schema(
-                mode="serialization" if not spec.inbound else "validation"
+            out[schema_file(model.__name__)] = draft_07(
+                model.model_json_schema(mode="serialization" if not spec.inbound else "validation")
             )
-    unions: tuple[tuple[str, Any], ...] = (
-        ("RelationshipCommand", RelationshipCommand),
-        ("GraphQuery", GraphQuery),
-        ("PatternCommand", PatternCommand),
-    )
-    for name, union_type in unions:
+    for name, union_type in UNIONS:
         union = TypeAdapter(union_type).json_schema()
         union["title"] = name
-        out[schema_file(name)] = union
+        out[schema_file(name)] = draft_07(union)
     return out
+
+
+def _schema(name: str) -> dict[str, Any]:
+    """A Multi Format Schema object: the schema file `name` and the format it is written in."""
+    return {"schemaFormat": JSON_SCHEMA_FORMAT, "schema": {"$ref": schema_file(name)}}
 
 
 def _headers_schema(spec: TopicSpec) -> dict[str, Any]:
@@ -67,7 +161,7 @@ def _message(model: type[BaseModel], spec: TopicSpec) -> dict[str, Any]:
         "title": model.__name__,
         "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else model.__name__,
         "contentType": "application/json",
-        "payload": {"$ref": schema_file(model.__name__)},
+        "payload": _schema(model.__name__),
         "bindings": {"kafka": {"key": {"type": "string", "description": spec.key}}},
     }
     if spec.headers:
@@ -133,7 +227,7 @@ def asyncapi_document(settings: Settings | None = None) -> dict[str, Any]:
         },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages},
+        "components": {"schemas": {name: _schema(name) for name, _ in UNIONS}, "messages": messages},
     }
 
 
