@@ -1,6 +1,6 @@
 """Redis keeps every write the pattern store had acknowledged across a SIGKILL, with the stack's
 persistence settings (scripts/redis/redis.conf), and loses them without AOF (the settings before
-issue 12): docs/operations.md.
+issue 12); and the worker's durability check tells the two apart: docs/operations.md.
 
 Each test starts redis-servers of its own (free port, temporary directory), never the stack's:
 killing the stack's Redis would break every other test.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import subprocess
@@ -21,9 +22,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from nexus_streams.domain.errors import NotFound
+from nexus_streams.metrics import Metrics
 from nexus_streams.patterns import register_system_patterns, system_patterns
 from nexus_streams.store.base import ExecutionRecord, StoredVersion
-from nexus_streams.store.redis import RedisPatternStore
+from nexus_streams.store.redis import Durability, RedisPatternStore, assess_durability
 from tests.integration.conftest import REPO, free_port
 from tests.unit.pattern_store_behaviour import make_pattern
 
@@ -31,7 +33,7 @@ REDIS_CONF = REPO / "scripts" / "redis" / "redis.conf"
 #: the local stack's Redis before issue 12 (its snapshot rule comes from redis.conf, as it was)
 WITHOUT_AOF = ("--appendonly", "no")
 #: deadlines (seconds)
-READY_S = 30.0
+READY_S, VERDICT_S = 30.0, 15.0
 
 
 class RedisServer:
@@ -178,3 +180,131 @@ async def test_stack_redis__without_aof_the_same_sigkill_loses_them(
         for pattern in system_patterns():
             with pytest.raises(NotFound):
                 await store.get(pattern.id)
+
+
+# -- the worker's durability check -------------------------------------------------------------
+
+
+async def watch_until_verdict(store: RedisPatternStore, metrics: Metrics) -> dict[str, float]:
+    """Run the worker's check (`watch_durability`, as the worker runs it from its start) until
+    the gauge has a series; returns the gauge's samples by reason."""
+    task = asyncio.create_task(store.watch_durability(metrics.observe_redis_durability))
+    deadline = asyncio.get_running_loop().time() + VERDICT_S
+    try:
+        while not (samples := gauge(metrics)):
+            assert not task.done(), task
+            assert asyncio.get_running_loop().time() < deadline, "no verdict in time"
+            await asyncio.sleep(0.02)
+        return samples
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def gauge(metrics: Metrics) -> dict[str, float]:
+    return {
+        s.labels["reason"]: s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "nexus_redis_durable"
+    }
+
+
+def store_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "nexus_streams.store.redis"]
+
+
+async def test_durability_check__the_stack_redis_is_durable(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus_streams.store.redis")
+    async with pattern_store(redis_url) as store:
+        settings = await store.persistence()
+        assert settings["appendonly"] == "yes" and settings["appendfsync"] == "always", settings
+        assert assess_durability(settings) is Durability.AOF_ALWAYS
+        assert await watch_until_verdict(store, Metrics()) == {"aof_always": 1.0}
+    (record,) = store_records(caplog)
+    assert record.levelno == logging.INFO
+    assert "keeps every acknowledged write" in record.getMessage()
+
+
+async def test_durability_check__redis_without_aof_warns_and_sets_the_gauge_to_0(
+    redis_server: Callable[..., Awaitable[RedisServer]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus_streams.store.redis")
+    server = await redis_server(*WITHOUT_AOF)
+    async with pattern_store(server.url) as store:
+        assert assess_durability(await store.persistence()) is Durability.AOF_OFF
+        assert await watch_until_verdict(store, Metrics()) == {"aof_off": 0.0}
+    (record,) = store_records(caplog)
+    assert record.levelno == logging.WARNING
+    assert "can lose acknowledged writes" in record.getMessage()
+    assert "reason=aof_off" in record.getMessage() and "appendonly=no" in record.getMessage()
+
+
+async def test_durability_check__sees_a_change_of_the_running_redis(
+    redis_server: Callable[..., Awaitable[RedisServer]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checked again while the worker runs: AOF turned on later ends the warning and flips the
+    gauge; each change is logged once."""
+    caplog.set_level(logging.INFO, logger="nexus_streams.store.redis")
+    server = await redis_server(*WITHOUT_AOF)
+    metrics = Metrics()
+    async with pattern_store(server.url) as store:
+        store.durability_check_interval_s = 0.05
+        task = asyncio.create_task(store.watch_durability(metrics.observe_redis_durability))
+        try:
+            await until(lambda: gauge(metrics) == {"aof_off": 0.0}, "the first verdict")
+            await store.redis.config_set("appendonly", "yes")
+            await until(lambda: gauge(metrics) == {"aof_always": 1.0}, "the verdict after CONFIG SET")
+            # Redis refuses to shut down while it writes its first AOF
+            deadline = asyncio.get_running_loop().time() + READY_S
+            while (await store.redis.info("persistence"))["aof_rewrite_in_progress"]:
+                assert asyncio.get_running_loop().time() < deadline, "the first AOF not written in time"
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert [r.levelno for r in store_records(caplog)] == [logging.WARNING, logging.INFO]
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + VERDICT_S
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {VERDICT_S}s"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("args", "username", "settings", "verdict"),
+    [
+        # CONFIG renamed away, as managed Redis often does: INFO persistence says AOF is on
+        (["--rename-command", "CONFIG", ""], None, {"aof_enabled": "1"}, Durability.APPENDFSYNC_UNKNOWN),
+        (["--rename-command", "CONFIG", "", *WITHOUT_AOF], None, {"aof_enabled": "0"}, Durability.AOF_OFF),
+        # CONFIG not permitted to the store's user (ACL): NOPERM, then INFO
+        (
+            ["--user", "store", "on", "nopass", "~*", "&*", "+@all", "-config"],
+            "store",
+            {"aof_enabled": "1"},
+            Durability.APPENDFSYNC_UNKNOWN,
+        ),
+        # neither answers
+        (["--rename-command", "CONFIG", "", "--rename-command", "INFO", ""], None, {}, Durability.UNKNOWN),
+    ],
+    ids=["config-renamed", "config-renamed-aof-off", "config-forbidden-by-acl", "config-and-info-renamed"],
+)
+async def test_durability_check__falls_back_to_info_then_unknown(
+    redis_server: Callable[..., Awaitable[RedisServer]],
+    args: list[str],
+    username: str | None,
+    settings: dict[str, str],
+    verdict: Durability,
+) -> None:
+    server = await redis_server(*args)
+    url = server.url.replace("redis://", f"redis://{username}:any@") if username else server.url
+    async with pattern_store(url) as store:
+        assert await store.persistence() == settings
+        assert assess_durability(settings) is verdict
+        assert await watch_until_verdict(store, Metrics()) == {verdict.value: 0.0}
