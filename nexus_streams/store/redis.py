@@ -364,7 +364,9 @@ class RedisPatternStore:
             try:
                 settings = await self.persistence()
             except NexusError as exc:
-                log.info("persistence of the pattern store not read yet (%s)", exc.message)
+                log.info(
+                    "persistence of the pattern store not read (%s); again in %.1fs", exc.message, retry_s
+                )
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, self.durability_check_interval_s)
                 continue

@@ -25,7 +25,7 @@ from nexus_streams.domain.errors import NotFound
 from nexus_streams.metrics import Metrics
 from nexus_streams.patterns import register_system_patterns, system_patterns
 from nexus_streams.store.base import ExecutionRecord, StoredVersion
-from nexus_streams.store.redis import Durability, RedisPatternStore, assess_durability
+from nexus_streams.store.redis import Durability, RedisPatternStore, RetryConfig, assess_durability
 from tests.integration.conftest import REPO, free_port
 from tests.unit.pattern_store_behaviour import make_pattern
 
@@ -268,6 +268,29 @@ async def test_durability_check__sees_a_change_of_the_running_redis(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     assert [r.levelno for r in store_records(caplog)] == [logging.WARNING, logging.INFO]
+
+
+async def test_durability_check__waits_for_a_redis_that_comes_later(tmp_path: Path) -> None:
+    """A worker may start before Redis: no verdict (no series) until Redis answers, then one."""
+    server = RedisServer(tmp_path)  # not started yet: its port refuses connections
+    metrics = Metrics()
+    store = RedisPatternStore.from_url(server.url, retry=RetryConfig(attempts=1))
+    store.observer = metrics.observe_redis
+    refused = {"operation": "persistence", "error": "connection"}
+    task = asyncio.create_task(store.watch_durability(metrics.observe_redis_durability))
+    try:
+        await until(
+            lambda: bool(metrics.registry.get_sample_value("nexus_redis_errors_total", refused)), "a try"
+        )
+        assert gauge(metrics) == {}
+        await server.start()
+        await until(lambda: gauge(metrics) == {"aof_always": 1.0}, "the verdict once Redis answers")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()
+        server.stop()
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
