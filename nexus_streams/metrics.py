@@ -31,6 +31,7 @@ from nexus_streams.domain.index import CANONICAL_TYPES
 from nexus_streams.executions import ExecutionStats
 from nexus_streams.messages import PATTERN_ACTIONS, QUERY_ACTIONS, RELATIONSHIP_ACTIONS
 from nexus_streams.service import Reply
+from nexus_streams.store.redis import Durability
 from nexus_streams.topics import DEADLETTER, EXECUTIONS, PATTERNS, QUERIES, RELATIONSHIPS, TopicSpec
 from nexus_streams.topics import Header as H
 
@@ -47,7 +48,7 @@ STEP_STATUSES = frozenset(
 )
 #: RedisPatternStore operations (`_run(operation, ...)`)
 REDIS_OPERATIONS = frozenset(
-    {"put", "get", "versions", "list", "deprecate", "delete", "record_execution", "stats"}
+    {"put", "get", "versions", "list", "deprecate", "delete", "record_execution", "stats", "persistence"}
 )
 #: exception class names of Redis failures, as the `error` label of `nexus_redis_errors_total`
 REDIS_ERRORS = {
@@ -285,6 +286,15 @@ class Metrics:
             ["operation", "error"],
             registry=r,
         )
+        self.redis_durable = Gauge(
+            "nexus_redis_durable",
+            "1 when the pattern store's Redis keeps every acknowledged write across a crash (AOF, "
+            "fsync before each reply), 0 when it could lose some; reason: the verdict "
+            "(docs/operations.md). No series until Redis first answered",
+            ["reason"],
+            registry=r,
+        )
+        self._durable_series = _Series(self.redis_durable)
 
         self._initialize()
 
@@ -417,6 +427,10 @@ class Metrics:
         self.redis_duration.labels(operation).observe(seconds)
         if error is not None:
             self.redis_errors.labels(operation, REDIS_ERRORS.get(type(error).__name__, "other")).inc()
+
+    def observe_redis_durability(self, verdict: Durability) -> None:
+        """`RedisPatternStore.watch_durability`: one series, labelled with the latest verdict."""
+        self._durable_series.replace({(verdict.value,): 1.0 if verdict.durable else 0.0})
 
     # -- Faust ---------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@
 #   NEXUS_REDIS_PORT        Redis port                            (default: 16379)
 #   NEXUS_KAFKA_HEAP        JVM heap of the broker                (default: 512m)
 #   NEXUS_STACK_TIMEOUT_S   how long `up` waits for both to answer (default: 120)
+#
+# Redis persists as scripts/redis/redis.conf says (AOF, fsync before each reply: docs/operations.md).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +32,7 @@ redis_port=${NEXUS_REDIS_PORT:-16379}
 kafka_heap=${NEXUS_KAFKA_HEAP:-512m}
 timeout_s=${NEXUS_STACK_TIMEOUT_S:-120}
 pom=$repo/scripts/kafka/pom.xml
+redis_conf=$repo/scripts/redis/redis.conf
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
 libs=$cache_dir/kafka-$kafka_version/libs
 
@@ -44,7 +47,13 @@ die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
 # host:port answers a TCP connect within one second
 port_open() { timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# a killed daemon nobody reaped (PID 1 of a container may not) is a zombie: not alive
+pid_alive() {
+  [ -f "$1" ] || return 1
+  local pid
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
 
 wait_until() { # description, command...
   local what=$1; shift
@@ -90,6 +99,28 @@ kafka_ready() {
 
 redis_ready() {
   [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = "PONG" ]
+}
+
+# AOF on and no rewrite pending: what the server acknowledges from now on is in the AOF
+redis_aof_ready() {
+  local info
+  info=$(redis-cli -p "$redis_port" info persistence 2>/dev/null) || return 1
+  grep -q '^aof_enabled:1' <<<"$info" && grep -q '^aof_rewrite_in_progress:0' <<<"$info" \
+    && grep -q '^aof_rewrite_scheduled:0' <<<"$info"
+}
+
+# scripts/redis/redis.conf on the running server, one CONFIG SET per line (no-ops when it already
+# runs with it). For a server an older stack.sh started without AOF, and for one started without
+# AOF on purpose (below): Redis writes its data set into a new AOF, without a restart.
+apply_redis_conf() {
+  local name value
+  while read -r name value; do
+    case $name in '' | '#'*) continue ;; esac
+    [ "$(redis-cli -p "$redis_port" config set "$name" "$value")" = OK ] \
+      || die "redis on port $redis_port refused CONFIG SET $name $value (from $redis_conf)"
+  done <"$redis_conf"
+  wait_until "redis AOF" redis_aof_ready \
+    || die "redis did not write its AOF within ${timeout_s}s; see $stack_dir/logs/redis.log"
 }
 
 write_kafka_config() {
@@ -174,10 +205,18 @@ start_redis() {
   ensure_redis_server
   port_open 127.0.0.1 "$redis_port" && die "port $redis_port is taken by another process; set NEXUS_REDIS_PORT"
   mkdir -p "$stack_dir/redis" "$stack_dir/logs"
+  # Redis 7.0 started with AOF on a directory that has a snapshot but no AOF yet (data of an older
+  # stack.sh) starts empty, ignoring the snapshot: read the snapshot without AOF, then
+  # apply_redis_conf turns AOF on from memory
+  local first=()
+  if [ -f "$stack_dir/redis/dump.rdb" ] && [ ! -d "$stack_dir/redis/appendonlydir" ]; then
+    log "redis: moving the snapshot in $stack_dir/redis to the AOF"
+    first=(--appendonly no)
+  fi
   log "starting redis-server on 127.0.0.1:$redis_port"
-  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$stack_dir/redis" \
+  redis-server "$redis_conf" --bind 127.0.0.1 --port "$redis_port" --dir "$stack_dir/redis" \
     --daemonize yes --pidfile "$stack_dir/redis.pid" --logfile "$stack_dir/logs/redis.log" \
-    --save 60 1000 --appendonly no >/dev/null
+    "${first[@]}" >/dev/null
 }
 
 print_env() {
@@ -197,6 +236,7 @@ cmd_up() {
   fi
   if [ -z "$external_redis" ]; then
     wait_until "redis" redis_ready || die "redis did not start within ${timeout_s}s; see $stack_dir/logs/redis.log"
+    apply_redis_conf
   fi
   print_env >"$stack_dir/env"
   log "settings (also in $stack_dir/env):"

@@ -1,6 +1,9 @@
 """The pattern store in Redis (redis.asyncio): versions, metadata and statistics, kept atomic with
 WATCH/MULTI (put, delete) and Lua (statistics, deprecate). Keys: store/keys.py.
 
+`watch_durability` tells whether Redis keeps every write it acknowledged across a crash
+(`assess_durability`, docs/operations.md); the worker runs it from its start.
+
 Connection failures, timeouts, a loading or read-only Redis are retried with exponential backoff;
 when the tries are spent the operation raises `StoreUnavailable` (`store_unavailable`), which the
 caller answers as an error result: the agent never crashes on Redis. Every operation is safe to
@@ -12,19 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, RedisError, WatchError
+from redis.exceptions import (
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from nexus_streams.domain.errors import ConcurrentModification, StoreUnavailable
+from nexus_streams.domain.errors import ConcurrentModification, NexusError, StoreUnavailable
 from nexus_streams.domain.patterns import Pattern, PatternKind
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import (
@@ -48,6 +60,7 @@ from nexus_streams.store.base import (
 )
 from nexus_streams.store.keys import DEFAULT_KEY_PREFIX, EXECUTION_DEDUPE_TTL_S, PatternKeys
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: told after every attempt of an operation: (operation, seconds, the Redis/OS error or None);
 #: the worker sets `RedisPatternStore.observer` to feed its metrics (nexus_streams/metrics.py)
@@ -55,6 +68,17 @@ StoreObserver = Callable[[str, float, BaseException | None], None]
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError)
 #: optimistic transactions retried this often when another client changes the pattern meanwhile
 MAX_WATCH_TRIES = 10
+#: what `RedisPatternStore.persistence` reads with CONFIG GET, one name per call (Redis before 7.0
+#: takes one)
+PERSISTENCE_SETTINGS = (
+    "appendonly",
+    "appendfsync",
+    "no-appendfsync-on-rewrite",
+    "maxmemory",
+    "maxmemory-policy",
+)
+#: how often a running worker reads them again: a CONFIG SET or a fail-over changes them
+DURABILITY_CHECK_INTERVAL_S = 60.0
 
 # KEYS: meta, pattern stats, version stats, version document, execution marker
 # ARGV: status, duration_us, error_code, error_message, now, dedupe (1/0), dedupe_ttl_s
@@ -89,6 +113,91 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'deprecated', '1', 'deprecated_at', ARGV[1])
 return tonumber(redis.call('HGET', KEYS[1], 'latest'))
 """
+
+
+class Durability(StrEnum):
+    """Whether Redis keeps every write it acknowledged across a crash of Redis, of its OS or of
+    its power, and if not, why (the `reason` label of `nexus_redis_durable`)."""
+
+    #: appendonly yes, appendfsync always: every write is fsynced before Redis replies
+    AOF_ALWAYS = "aof_always"
+    #: no append-only file: what was written since the last snapshot is lost
+    AOF_OFF = "aof_off"
+    #: fsync once a second, in the background
+    APPENDFSYNC_EVERYSEC = "appendfsync_everysec"
+    #: no fsync: the OS writes the file when it likes
+    APPENDFSYNC_NO = "appendfsync_no"
+    #: AOF on (INFO persistence), the fsync policy unreadable (CONFIG refused)
+    APPENDFSYNC_UNKNOWN = "appendfsync_unknown"
+    #: no-appendfsync-on-rewrite yes
+    FSYNC_SKIPPED_ON_REWRITE = "fsync_skipped_on_rewrite"
+    #: an allkeys-* maxmemory policy under a memory limit
+    EVICTION = "eviction"
+    #: neither CONFIG GET nor INFO persistence answered
+    UNKNOWN = "unknown"
+
+    @property
+    def durable(self) -> bool:
+        return self is Durability.AOF_ALWAYS
+
+    @property
+    def loses(self) -> str:
+        """What a crash can take of the writes Redis acknowledged."""
+        return LOSSES[self]
+
+
+LOSSES = {
+    Durability.AOF_ALWAYS: "nothing",
+    Durability.AOF_OFF: "every write since the last snapshot (all of them when there is none)",
+    Durability.APPENDFSYNC_EVERYSEC: (
+        "the last second or two of writes on an OS crash or power loss, and on a Redis crash too "
+        "while a slow fsync runs"
+    ),
+    Durability.APPENDFSYNC_NO: "the writes the OS had not flushed yet (up to 30 s on Linux) on an OS crash",
+    Durability.APPENDFSYNC_UNKNOWN: "unknown: AOF is on, the fsync policy could not be read (CONFIG refused)",
+    Durability.FSYNC_SKIPPED_ON_REWRITE: (
+        "the writes of a background rewrite or snapshot on an OS crash (no-appendfsync-on-rewrite yes)"
+    ),
+    Durability.EVICTION: "pattern versions and statistics evicted when memory is full (allkeys-* policy)",
+    Durability.UNKNOWN: "unknown: neither CONFIG GET nor INFO persistence answered",
+}
+
+
+def assess_durability(settings: Mapping[str, str]) -> Durability:
+    """The verdict on what Redis told of its persistence: CONFIG GET names (`PERSISTENCE_SETTINGS`),
+    or only `aof_enabled` of INFO persistence when CONFIG is refused, or nothing."""
+    got = {name: str(value).strip().lower() for name, value in settings.items()}
+    appendonly = got.get("appendonly") or {"1": "yes", "0": "no"}.get(got.get("aof_enabled", ""))
+    if appendonly is None:
+        return Durability.UNKNOWN
+    if appendonly != "yes":
+        return Durability.AOF_OFF
+    fsync = {
+        "always": None,
+        "everysec": Durability.APPENDFSYNC_EVERYSEC,
+        "no": Durability.APPENDFSYNC_NO,
+    }.get(got.get("appendfsync", ""), Durability.APPENDFSYNC_UNKNOWN)
+    if fsync is not None:
+        return fsync
+    if got.get("no-appendfsync-on-rewrite") == "yes":
+        return Durability.FSYNC_SKIPPED_ON_REWRITE
+    if got.get("maxmemory-policy", "").startswith("allkeys-") and got.get("maxmemory", "0") != "0":
+        return Durability.EVICTION
+    return Durability.AOF_ALWAYS
+
+
+def log_durability(verdict: Durability, settings: Mapping[str, str]) -> None:
+    read = " ".join(f"{name}={value}" for name, value in sorted(settings.items())) or "nothing"
+    if verdict.durable:
+        log.info("the pattern store (Redis) keeps every acknowledged write across a crash (%s)", read)
+    else:
+        log.warning(
+            "the pattern store (Redis) can lose acknowledged writes: %s (reason=%s; Redis reported: %s). "
+            "What it needs: docs/operations.md, Redis persistence",
+            verdict.loses,
+            verdict.value,
+            read,
+        )
 
 
 def _str(value: Any) -> str:
@@ -155,6 +264,7 @@ class RedisPatternStore:
         self._record = client.register_script(RECORD_EXECUTION_LUA)
         self._deprecate = client.register_script(DEPRECATE_LUA)
         self.observer: StoreObserver | None = None
+        self.durability_check_interval_s = DURABILITY_CHECK_INTERVAL_S
 
     @classmethod
     def from_url(
@@ -216,6 +326,57 @@ class RedisPatternStore:
             attempts=self.retry.attempts,
             error=str(last),
         ) from last
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    async def persistence(self) -> dict[str, str]:
+        """Redis' persistence settings (CONFIG GET); when CONFIG is refused, as managed Redis often
+        does, `aof_enabled` of INFO persistence; {} when neither answers."""
+        return await self._run("persistence", self._persistence)
+
+    async def _persistence(self) -> dict[str, str]:
+        settings: dict[str, str] = {}
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in PERSISTENCE_SETTINGS:
+                    pipe.config_get(name)
+                for reply in await pipe.execute():
+                    settings |= _hash(reply)
+        except ResponseError:  # CONFIG renamed, disabled or not permitted
+            settings = {}
+        if "appendonly" in settings:
+            return settings
+        try:
+            info = await self.redis.info("persistence")
+        except ResponseError:
+            return settings
+        if "aof_enabled" in info:
+            settings["aof_enabled"] = _str(info["aof_enabled"])
+        return settings
+
+    async def watch_durability(self, report: Callable[[Durability], None]) -> None:
+        """From the worker's start, every `durability_check_interval_s`: the verdict on Redis'
+        persistence (`assess_durability`) to `report` (the worker's gauge), and to the log when it
+        changes, at WARNING when an acknowledged write could be lost. Until Redis answers, sooner."""
+        last: Durability | None = None
+        retry_s = 0.5
+        while True:
+            try:
+                settings = await self.persistence()
+            except NexusError as exc:
+                log.info(
+                    "persistence of the pattern store not read (%s); again in %.1fs", exc.message, retry_s
+                )
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, self.durability_check_interval_s)
+                continue
+            verdict = assess_durability(settings)
+            report(verdict)
+            if verdict is not last:
+                log_durability(verdict, settings)
+                last = verdict
+            retry_s = 0.5
+            await asyncio.sleep(self.durability_check_interval_s)
 
     # -- versions ----------------------------------------------------------------------------
 

@@ -626,6 +626,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app.sensors.add(metrics.faust_sensor())  # observability: nexus_kafka_* metrics
     store = RedisPatternStore.from_settings(settings)
     store.observer = metrics.observe_redis  # observability: nexus_redis_* metrics
+    app.task(partial(store.watch_durability, metrics.observe_redis_durability))  # docs/operations.md
     cache = PatternCache(settings.pattern_cache_size)
     actor = NamespaceActor(app, settings, metrics, store, cache)
     actor.tables.state.on_recover(actor.rebuild)
