@@ -267,6 +267,19 @@ class NamespaceService:
         self._snapshots: dict[str, _Snapshot] = {}
         #: (processed_at timestamp, request_id) of remembered results, oldest first
         self._request_times: dict[str, deque[tuple[float, str]]] = {}
+        #: the partitions each namespace's messages came from (its state's partitions)
+        self._partitions: dict[str, tuple[int, ...]] = {}
+
+    def partitions_of(self, namespace: str) -> tuple[int, ...]:
+        return self._partitions.get(namespace, ())
+
+    def note_partition(self, namespace: str, partition: int) -> None:
+        """`namespace` has state in `partition` (its messages come from there)."""
+        known = self._partitions.get(namespace)
+        if known is None:
+            self._partitions[namespace] = (partition,)
+        elif partition not in known:  # messages without a key: `default` over several partitions
+            self._partitions[namespace] = (partition, *known)
 
     def graph(self, namespace: str) -> Graph:
         graph = self.graphs.get(namespace)
@@ -282,6 +295,7 @@ class NamespaceService:
         self.executions.reset()
         self._parked.clear()
         self._request_times.clear()
+        self._partitions.clear()
         self.applied.clear()
         self._snapshots.clear()
 
@@ -331,6 +345,7 @@ class NamespaceService:
         namespace, key_error = _namespace_of(msg.key)
         if key_error is not None:
             return [self._deadletter(msg, "invalid_key", key_error)]
+        self.note_partition(namespace, msg.partition)
         request_id = request_id_of(data)
         if request_id is not None and msg.spec is not QUERIES:
             previous = self.requests.get(namespace, request_id)

@@ -46,9 +46,11 @@ class Header(StrEnum):
     SOURCE_OFFSET = "nexus-source-offset"
 
 
-#: room for a dead-lettered message of the broker's default limit (1 MiB) and its headers; the
-#: worker's producer takes requests of this size too
+#: room for a dead-lettered message of the broker's default limit (1 MiB) and its headers
 DEADLETTER_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+#: the state changelog's record batches (one per flush, streams/writer.py: at most 4 MiB, more
+#: only for one message whose writes alone are larger); the worker's producer takes these too
+STATE_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)

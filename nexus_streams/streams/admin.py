@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from nexus_streams.settings import Settings
-from nexus_streams.topics import ALL_TOPICS, Partitioning
+from nexus_streams.topics import ALL_TOPICS, STATE_MAX_MESSAGE_BYTES, Partitioning
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
         limits = {
             settings.topic(spec.name): spec.max_message_bytes for spec in ALL_TOPICS if spec.max_message_bytes
         }
+        limits |= {changelog_topic(settings, table): STATE_MAX_MESSAGE_BYTES for table in TABLES}
         # the tables' changelogs too: left to Faust, their creation races its first assignment on a
         # new broker (the agent then fails with PartitionsMismatch on a changelog it cannot see yet)
         policies |= {changelog_topic(settings, table): "compact" for table in TABLES}
@@ -66,6 +69,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
             except TopicAlreadyExistsError:
                 pass  # another worker won the race
             log.info("created topics: %s", ", ".join(t.name for t in missing))
+        await _raise_message_limits(admin, {n: b for n, b in limits.items() if n in existing})
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             existing = await _partitions(admin, list(wanted))
@@ -84,6 +88,37 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str
         return existing
     finally:
         await admin.close()
+
+
+#: DescribeConfigs' config_source of a topic's own (dynamic) setting
+_DYNAMIC_TOPIC_CONFIG = 1
+
+
+async def _raise_message_limits(admin: AIOKafkaAdminClient, wanted: dict[str, int]) -> None:
+    """Topics made before the worker asked for a larger `max.message.bytes` (the changelogs, the
+    dead letters) get it; their other settings of their own are kept (AlterConfigs replaces the
+    whole set)."""
+    if not wanted:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+    changes = []
+    for response in await admin.describe_configs(resources):
+        for _code, _message, _type, name, entries in response.resources:
+            own = {entry[0]: entry[1] for entry in entries if _is_own(entry, response.API_VERSION)}
+            current = next((int(e[1]) for e in entries if e[0] == "max.message.bytes"), 0)
+            if current < wanted[name]:
+                own["max.message.bytes"] = str(wanted[name])
+                changes.append(ConfigResource(ConfigResourceType.TOPIC, name, configs=own))
+    if changes:
+        await admin.alter_configs(changes)
+        log.info("raised max.message.bytes of %s", ", ".join(c.name for c in changes))
+
+
+def _is_own(entry: tuple[Any, ...], api_version: int) -> bool:
+    """A topic's own setting: `is_default` false (DescribeConfigs v0), or from the topic (v1+)."""
+    if api_version == 0:
+        return not entry[3]
+    return bool(entry[3] == _DYNAMIC_TOPIC_CONFIG)
 
 
 async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:

@@ -12,14 +12,16 @@ import json
 import logging
 import multiprocessing as mp
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar, cast
 
 import faust
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust import stores as faust_stores
 from faust.types import EventT
 
 from nexus_streams.codec import Undecodable, decode_object
@@ -42,26 +44,28 @@ from nexus_streams.settings import Settings
 from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
+from nexus_streams.streams import consumer as batch_consumer
 from nexus_streams.streams.batches import Batches
 from nexus_streams.streams.dump import consumer_state
+from nexus_streams.streams.stores import STORE_CLASS, stores_of
 from nexus_streams.streams.tables import (
-    ChangelogWrites,
     Kind,
-    TableRecords,
+    StateRecords,
+    StateRequestLog,
     TableRequestLog,
     Tables,
-    put_or_delete,
     state_key,
 )
 from nexus_streams.streams.watch import InputWatch
+from nexus_streams.streams.writer import MAX_CYCLE_BYTES, StateWriter
 from nexus_streams.topics import (
     ALL_TOPICS,
-    DEADLETTER_MAX_MESSAGE_BYTES,
     EVENTS,
     EXECUTIONS,
     PATTERNS,
     QUERIES,
     RELATIONSHIPS,
+    STATE_MAX_MESSAGE_BYTES,
     Header,
     TopicSpec,
 )
@@ -70,6 +74,12 @@ log = logging.getLogger(__name__)
 
 #: how long execution statistics wait for more to join their Redis pipeline
 STATISTICS_LINGER_S = 0.05
+#: the state table's store for memory:// (streams/stores.py)
+MEMORY_STORE = "nexus-memory://state"  # a URL with a path: an empty one is falsy
+#: replies a worker holds unpublished before it stops reading its input for a while
+MAX_PENDING_REPLIES = 20_000
+#: how long a rebuild waits for the state flushes in flight
+REBUILD_DRAIN_S = 30.0
 #: how long an execution waits at worker start for the system patterns to be registered
 SYSTEM_PATTERNS_WAIT_S = 30.0
 #: how often the maintenance loop checks that the system patterns are still in the store
@@ -91,6 +101,24 @@ def limits_from(settings: Settings) -> Limits:
         request_retention_s=settings.request_retention_s,
         max_nesting_depth=settings.max_nesting_depth,
     )
+
+
+class MessageToken:
+    """A message handed over in a batch, acknowledged as a Faust event would be."""
+
+    __slots__ = ("consumer", "message")
+
+    def __init__(self, consumer: Any, message: Any) -> None:
+        self.consumer = consumer
+        self.message = message
+
+    def ack(self) -> None:
+        self.consumer.ack(self.message)
+
+
+def _where(reply: Reply) -> str:
+    msg = reply.message
+    return f"{msg.topic}[{msg.partition}]@{msg.offset}" if msg is not None else "a reply"
 
 
 class NamespaceActor:
@@ -134,12 +162,16 @@ class NamespaceActor:
             partitions=settings.partitions,
             internal=False,
         )
-        self.tables = Tables(app, settings.partitions)
-        self.request_log = TableRequestLog(self.tables.state)
+        self.tables = Tables(
+            app, settings.partitions, MEMORY_STORE if settings.table_store.startswith("memory") else None
+        )
+        #: the state's write path: one atomic changelog batch per partition and cycle
+        self.writer = StateWriter(lambda: stores_of(self.tables.state), self._send_state, self._publish_cycle)
+        self.request_log = StateRequestLog(self.writer, self._partitions_of)
         self._analysis_pool: ProcessPoolExecutor | None = None
         self.service = NamespaceService(
             self.request_log,
-            lambda namespace: TableRecords(self.tables.state, namespace),
+            lambda namespace: StateRecords(self.writer, namespace, self._partitions_of),
             limits_from(settings),
             offload=self.in_analysis_process,
             executions=Executions(
@@ -152,11 +184,6 @@ class NamespaceActor:
             ),
         )
         self._pending: set[asyncio.Task[None]] = set()
-        #: replies written, their messages waiting for the state's changelog records
-        self._outbox: Batches[tuple[Reply, float, list[asyncio.Future[Any]]]] = Batches(
-            "nexus-publisher", self._publish
-        )
-        self._changelog = ChangelogWrites(self.tables.state)
         #: Redis statistics: a pipeline per 50 ms at most (one per execution at a steady rate
         #: cost 9% of the worker's main thread)
         self._statistics: Batches[ExecutionRecord] = Batches(
@@ -177,11 +204,15 @@ class NamespaceActor:
     async def rebuild(self) -> None:
         """After recovery: the live graphs from the tables (the tables are the authority)."""
         started = time.perf_counter()
-        service, tables = self.service, self.tables
+        await self.writer.drain(REBUILD_DRAIN_S)  # flushes in flight land before the state is read
+        self.writer.reset()
+        service = self.service
         service.reset()
-        for stored_key, value in tables.state.items():
-            kind, _, rest = stored_key.partition(SEP)
-            self._load(kind, rest, value)
+        stores = stores_of(self.tables.state)
+        for partition in stores.partitions():
+            for stored_key, raw in stores.items(partition):
+                kind, _, rest = stored_key.decode().partition(SEP)
+                self._load(kind, rest, orjson.loads(raw), partition)
         service.sort_requests()
         self._resume_sent.clear()
         self.gc.settle()  # the rebuilt graphs are long-lived: no later collection walks them
@@ -192,8 +223,13 @@ class NamespaceActor:
             sum(len(g) for g in service.graphs.values()),
         )
 
-    def _load(self, kind: str, key: str, value: Any) -> None:
+    def _partitions_of(self, namespace: str) -> Iterable[int]:
+        return self.service.partitions_of(namespace)
+
+    def _load(self, kind: str, key: str, value: Any, partition: int) -> None:
         service = self.service
+        if kind != Kind.PROGRESS:  # every other kind's key starts with its namespace
+            service.note_partition(key.partition(SEP)[0], partition)
         if kind == Kind.RECORD:
             service.load_record(key, value)
         elif kind == Kind.REQUEST:
@@ -251,48 +287,56 @@ class NamespaceActor:
         for delivery in deliveries:
             delivery.add_done_callback(delivered)
 
-    def _write_tables(self, reply: Reply, request_log: TableRequestLog) -> None:
-        """The remembered reply first (see Kind), then the state it changed."""
-        state = self.tables.state
+    def _stage(self, reply: Reply, partition: int) -> None:
+        """A reply's state writes into its partition's open cycle: the remembered reply, the
+        records it changed, and what else it keeps (see Kind)."""
+        put = self.writer.put
         if reply.remembered is not None:
-            request_log.put(reply.remembered)
+            result = reply.remembered.result
+            assert result.request_id is not None and result.namespace is not None
+            key = state_key(Kind.REQUEST, result.namespace, result.request_id)
+            put(partition, key.encode(), orjson.dumps(reply.remembered.to_dict()))
         for change in reply.changes:
             rel = change.relationship
-            value = rel.to_record() if isinstance(change, Put) else None
-            put_or_delete(state, state_key(Kind.RECORD, rel.key.as_stored(rel.namespace)), value)
+            key = state_key(Kind.RECORD, rel.key.as_stored(rel.namespace))
+            put(partition, key.encode(), orjson.dumps(rel.to_record()) if isinstance(change, Put) else None)
         if reply.schema is not None:
             namespace, document = reply.schema
-            state[state_key(Kind.SCHEMA, namespace)] = document
+            put(partition, state_key(Kind.SCHEMA, namespace).encode(), orjson.dumps(document))
         if reply.progress is not None:
-            partition, offset = reply.progress
-            state[state_key(Kind.PROGRESS, str(partition))] = offset
+            applied_partition, offset = reply.progress
+            put(partition, state_key(Kind.PROGRESS, str(applied_partition)).encode(), str(offset).encode())
         if reply.execution_state is not None:
             key, execution = reply.execution_state
-            put_or_delete(state, state_key(Kind.EXECUTION, key), execution)
+            value = None if execution is None else orjson.dumps(execution)
+            put(partition, state_key(Kind.EXECUTION, key).encode(), value)
         for namespace, request_id in reply.forget:
-            request_log.forget(namespace, request_id)
+            put(partition, state_key(Kind.REQUEST, namespace, request_id).encode(), None)
 
-    async def complete(self, reply: Reply, started: float) -> None:
-        """Write a reply's state into the tables now; its messages go out from `_publish`
-        once the broker has that state: a client never sees a result whose effects a crash could
-        still lose (the redelivered request then runs again). The agent goes on with the next
-        message meanwhile."""
-        self._write_tables(reply, self.request_log)
-        self._outbox.put((reply, started, self._changelog.take()))
+    async def complete(self, reply: Reply, started: float, seal: bool = True) -> None:
+        """Stage a reply's state; its messages go out once that state is in the changelog: a
+        client never sees a result whose effects a crash could still lose (the redelivered
+        request then runs again). `seal`: flush now (else the caller seals the partition)."""
+        assert reply.message is not None, "a reply to publish answers a message"
+        partition = reply.message.partition
+        self._stage(reply, partition)
+        self.writer.attach(partition, (reply, started))
+        if seal or self.writer.open_bytes(partition) >= MAX_CYCLE_BYTES // 2:
+            self.writer.seal(partition)
 
-    async def _publish(self, batch: list[tuple[Reply, float, list[asyncio.Future[Any]]]]) -> None:
-        for reply, started, writes in batch:
+    async def _send_state(self, builder: Any, partition: int) -> int:
+        """One record batch to the state changelog's `partition`; its base offset."""
+        producer = cast(Any, self.app.producer)._producer  # noqa: SLF001 - aiokafka's, for send_batch
+        topic = self.tables.state.changelog_topic.get_topic_name()
+        delivery = await producer.send_batch(builder, topic, partition=partition)
+        return int((await delivery).offset)
+
+    async def _publish_cycle(self, items: list[tuple[Reply, float]]) -> None:
+        for reply, started in items:
             try:
-                if writes:
-                    await asyncio.gather(*writes)
                 await self._finish(reply, started)
             except Exception:  # its message stays unacknowledged: processed again after a restart
-                log.exception(
-                    "the state of %s was not written; its messages are not published",
-                    f"{reply.message.topic}[{reply.message.partition}]@{reply.message.offset}"
-                    if reply.message is not None
-                    else "a reply",
-                )
+                log.exception("the messages of %s were not published", _where(reply))
 
     async def _finish(self, reply: Reply, started: float) -> None:
         await self.publish_all(reply.outbound, reply.message.token if reply.message is not None else None)
@@ -315,6 +359,8 @@ class NamespaceActor:
             await self.complete(done, started)
 
     async def process(self, stream: faust.StreamT[bytes]) -> None:
+        """The agent's stream: empty while the batch consumer hands these topics to
+        `handle_batch`; kept so that Faust subscribes to them (and as the fallback path)."""
         manual_acks = cast(Any, stream).noack()
         event: EventT[bytes]
         async for event in manual_acks.events():
@@ -322,13 +368,35 @@ class NamespaceActor:
             self.watch.received(msg)
             self.watch.busy += 1
             try:
-                await self.handle_event(event, msg)
+                await self.handle_message(self.by_name[msg.topic], msg, event, time.perf_counter())
+                self.writer.seal(msg.partition)
             except Exception as exc:  # whatever a message provokes ends as its outcome
                 await self.fail(event, msg, exc)
             finally:
                 self.watch.busy -= 1
 
-    async def fail(self, event: EventT[bytes], msg: Any, exc: Exception) -> None:
+    async def handle_batch(self, tp: Any, messages: list[Any]) -> None:
+        """The records one fetch returned for one input partition, in offset order: each handled,
+        then their state flushed as one cycle (streams/writer.py)."""
+        spec = self.by_name[tp.topic]
+        consumer = self.app.consumer
+        watch = self.watch
+        watch.busy += 1
+        try:
+            for msg in messages:
+                watch.received(msg)
+                token = MessageToken(consumer, msg)
+                try:
+                    await self.handle_message(spec, msg, token, time.perf_counter())
+                except Exception as exc:  # whatever a message provokes ends as its outcome
+                    await self.fail(token, msg, exc)
+            self.writer.seal(tp.partition)
+            if self.writer.pending() > MAX_PENDING_REPLIES:
+                await self.writer.wait_flushed(tp.partition)  # the broker is slower: hold the input
+        finally:
+            watch.busy -= 1
+
+    async def fail(self, token: Any, msg: Any, exc: Exception) -> None:
         """A message whose handling raised what no handler caught: its `internal_error` result
         (when it has a request id), an `error` event and a dead letter, then the next message.
         If even that cannot be published, the message stays unacknowledged (read again after a
@@ -336,7 +404,7 @@ class NamespaceActor:
         log.error("internal error on %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc, exc_info=exc)
         started = time.perf_counter()
         received = Received(
-            self.by_name[msg.topic], msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event
+            self.by_name[msg.topic], msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=token
         )
         try:
             result, outbound = unforeseen(received, exc, self.service.clock())
@@ -344,28 +412,27 @@ class NamespaceActor:
         except Exception:
             log.exception("internal error of %s[%d]@%d not published", msg.topic, msg.partition, msg.offset)
 
-    async def handle_event(self, event: EventT[bytes], msg: Any) -> None:
-        started = time.perf_counter()
+    async def handle_message(self, spec: TopicSpec, msg: Any, token: Any, started: float) -> None:
         received = Received(
-            spec=self.by_name[msg.topic],
+            spec=spec,
             topic=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
             key=msg.key,
             value=msg.value,
-            token=event,
+            token=token,
         )
-        patterns = await self.prefetch(received) if received.spec is EXECUTIONS else None
+        patterns = await self.prefetch(received) if spec is EXECUTIONS else None
         replies = self.service.handle(received, patterns)
         for reply in replies:
-            await self.dispatch(reply, started)
-        if received.spec is RELATIONSHIPS:
+            await self.dispatch(reply, started, seal=False)
+        if spec is RELATIONSHIPS:
             for reply in self.service.release_parked(received.partition):
-                await self.dispatch(reply, started)
+                await self.dispatch(reply, started, seal=False)
 
-    async def dispatch(self, reply: Reply, started: float) -> None:
+    async def dispatch(self, reply: Reply, started: float, seal: bool = True) -> None:
         if reply.deferred is None:
-            await self.complete(reply, started)
+            await self.complete(reply, started, seal)
             return
         task = asyncio.create_task(self.run_deferred(reply, started))
         self._pending.add(task)
@@ -499,7 +566,7 @@ class NamespaceActor:
         # observability: graph size gauges (throttled inside) and consumer lag
         self.metrics.observe_graphs(self.service.graphs)
         await self.metrics.observe_consumer(self.app.consumer, self.app.monitor, self.by_name)
-        await self.watch.check(self.input_topics, len(self._outbox))
+        await self.watch.check(self.input_topics, self.writer.pending())
         for namespace, request_id in self.service.waiting_due(now):
             sent = self._resume_sent.get((namespace, request_id))
             if sent is None or time.monotonic() - sent > 5.0:
@@ -557,7 +624,8 @@ class PatternActor:
         reply = await self.registry.handle(
             Received(PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event)
         )
-        self.namespaces._write_tables(reply, self.request_log)
+        if reply.remembered is not None:
+            self.request_log.put(reply.remembered)
         await self.namespaces._finish(reply, started)
 
 
@@ -618,7 +686,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_max_request_size=DEADLETTER_MAX_MESSAGE_BYTES,
+        # a state cycle is one record batch (streams/writer.py); a dead letter carries a whole
+        # message of the broker's default limit
+        producer_max_request_size=STATE_MAX_MESSAGE_BYTES,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
@@ -628,8 +698,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     store.observer = metrics.observe_redis  # observability: nexus_redis_* metrics
     app.task(partial(store.watch_durability, metrics.observe_redis_durability))  # docs/operations.md
     cache = PatternCache(settings.pattern_cache_size)
+    faust_stores.STORES.aliases.setdefault(MEMORY_STORE.split(":")[0], STORE_CLASS)
     actor = NamespaceActor(app, settings, metrics, store, cache)
     actor.tables.state.on_recover(actor.rebuild)
+    # the namespace actor's input topics, a fetch at a time (streams/consumer.py)
+    batch_consumer.install(app, frozenset(actor.inbound.topics), actor.handle_batch)
     app.agent(actor.inbound, name="apply_namespace_commands")(actor.process)
     app.timer(interval=settings.maintenance_interval_s)(actor.maintain)
     patterns = PatternActor(app, settings, actor)

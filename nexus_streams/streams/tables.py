@@ -3,13 +3,19 @@ the service reads them through (its request log, its relationship records)."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+import orjson
 
 from nexus_streams.domain.relationships import SEP, Relationship, RelationshipKey
 from nexus_streams.service import Remembered
+from nexus_streams.streams.writer import StateWriter
+
+#: where a namespace's state lives: the partitions its messages came from (one, unless messages
+#: without a key spread the `default` namespace over several)
+PartitionsOf = Callable[[str], Iterable[int]]
 
 
 class Kind:
@@ -29,8 +35,8 @@ def state_key(kind: str, *parts: str) -> str:
 
 
 class TableRequestLog:
-    """What requests did (`Remembered`), by (scope, request_id), in a changelog-backed table; the
-    scope is the namespace, or a fixed one (`scope`) for the pattern registry."""
+    """What pattern commands did (`Remembered`), by (scope, request_id), in a Faust table (the
+    pattern agent is a plain Faust agent: it writes inside its event)."""
 
     def __init__(self, table: Any, scope: str | None = None) -> None:
         self.table = table
@@ -40,9 +46,6 @@ class TableRequestLog:
         stored = self.table.get(state_key(Kind.REQUEST, namespace, request_id))
         return None if stored is None else Remembered.from_dict(stored)
 
-    def forget(self, namespace: str, request_id: str) -> None:
-        put_or_delete(self.table, state_key(Kind.REQUEST, namespace, request_id), None)
-
     def put(self, remembered: Remembered) -> None:
         result = remembered.result
         scope = self.scope or result.namespace
@@ -50,56 +53,59 @@ class TableRequestLog:
         self.table[state_key(Kind.REQUEST, scope, result.request_id)] = remembered.to_dict()
 
 
-class TableRecords:
-    """The relationship records of one namespace, in the changelog-backed `relationships` table."""
+class StateRequestLog:
+    """The namespace actor's remembered requests, read from its `state` partitions."""
 
-    def __init__(self, table: Any, namespace: str) -> None:
-        self.table = table
+    def __init__(self, writer: StateWriter, partitions_of: PartitionsOf) -> None:
+        self.writer = writer
+        self.partitions_of = partitions_of
+
+    def get(self, namespace: str, request_id: str) -> Remembered | None:
+        key = state_key(Kind.REQUEST, namespace, request_id).encode()
+        for partition in self.partitions_of(namespace):
+            stored = self.writer.get(partition, key)
+            if stored is not None:
+                return Remembered.from_dict(orjson.loads(stored))
+        return None
+
+
+class StateRecords:
+    """The relationship records of one namespace, read from its `state` partitions."""
+
+    __slots__ = ("writer", "namespace", "partitions_of")
+
+    def __init__(self, writer: StateWriter, namespace: str, partitions_of: PartitionsOf) -> None:
+        self.writer = writer
         self.namespace = namespace
+        self.partitions_of = partitions_of
 
     def get(self, key: RelationshipKey) -> Relationship | None:
-        record = self.table.get(state_key(Kind.RECORD, key.as_stored(self.namespace)))
-        return None if record is None else Relationship.from_record(self.namespace, key, record)
-
-
-def put_or_delete(table: Any, key: str, value: Any) -> None:
-    if value is not None:
-        table[key] = value
-    elif key in table:
-        del table[key]
-
-
-class ChangelogWrites:
-    """The changelog records a table sent since the last `take()`, as futures resolved once the
-    broker has them. Faust's `producer.flush()` does not wait for them: it returns as soon as its
-    buffer's queue is empty, while the record it took last may not be in the Kafka producer yet."""
-
-    def __init__(self, table: Any) -> None:
-        self.pending: list[asyncio.Future[Any]] = []
-        send = table.send_changelog
-
-        def send_and_note(*args: Any, **kwargs: Any) -> Any:
-            future = send(*args, **kwargs)
-            self.pending.append(future)
-            return future
-
-        table.send_changelog = send_and_note
-
-    def take(self) -> list[asyncio.Future[Any]]:
-        taken, self.pending = self.pending, []
-        return taken
+        stored_key = state_key(Kind.RECORD, key.as_stored(self.namespace)).encode()
+        for partition in self.partitions_of(self.namespace):
+            record = self.writer.get(partition, stored_key)
+            if record is not None:
+                return Relationship.from_record(self.namespace, key, orjson.loads(record))
+        return None
 
 
 class Tables:
-    """The changelog-backed tables of the namespace actor."""
+    """The changelog-backed tables of the namespace actor. `state` is read and written as raw
+    bytes by partition (streams/stores.py, streams/writer.py); `store` is its Faust store URL."""
 
-    def __init__(self, app: faust.App, partitions: int) -> None:
-        def table(name: str, help_: str) -> Any:
-            return app.Table(name, default=None, partitions=partitions, help=help_)
-
-        self.state = table(
+    def __init__(self, app: faust.App, partitions: int, store: str | None = None) -> None:
+        self.state = app.Table(
             "state",
-            "the namespace actor's state by kind (see Kind): relationship records, remembered "
+            default=None,
+            partitions=partitions,
+            key_type=bytes,  # raw bytes both ways
+            value_type=bytes,
+            store=store,
+            help="the namespace actor's state by kind (see Kind): relationship records, remembered "
             "requests, schemas, applied offsets, waiting executions",
         )
-        self.pattern_requests = table("pattern_requests", "results of pattern commands by request_id")
+        self.pattern_requests = app.Table(
+            "pattern_requests",
+            default=None,
+            partitions=partitions,
+            help="results of pattern commands by request_id",
+        )

@@ -62,20 +62,21 @@ def _is_coroutine(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-def _noting(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap an agent's handle_event: note the message's value first."""
+def _noting(fn: Callable[..., Any], message_at: int) -> Callable[..., Any]:
+    """Wrap what handles one message: note the message's value (argument `message_at`) first."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, event: Any, msg: Any) -> Any:
-        current[0] = msg.value or b""
-        return await fn(self, event, msg)
+    async def wrapper(self: Any, *args: Any) -> Any:
+        current[0] = args[message_at].value or b""
+        return await fn(self, *args)
 
     return wrapper
 
 
 def install() -> None:
-    app.NamespaceActor.handle_event = _noting(app.NamespaceActor.handle_event)  # type: ignore[method-assign]
-    app.PatternActor.handle_event = _noting(app.PatternActor.handle_event)  # type: ignore[method-assign]
+    # handle_message(spec, msg, token, started); handle_event(event, msg)
+    app.NamespaceActor.handle_message = _noting(app.NamespaceActor.handle_message, 1)  # type: ignore[method-assign]
+    app.PatternActor.handle_event = _noting(app.PatternActor.handle_event, 1)  # type: ignore[method-assign]
     service.NamespaceService.handle = _raises_on("fault:actor", service.NamespaceService.handle)  # type: ignore[method-assign]
     service.plan_create = _raises_on("fault:create", graph.plan_create)
     service.algorithms.find_path = _raises_on("fault:query", algorithms.find_path)
