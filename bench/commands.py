@@ -107,7 +107,7 @@ async def measure(bench: Bench) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, "commands")
     parser.add_argument("--create-calibration", type=int, default=1000, help="first create burst")
     parser.add_argument("--batch-size", type=int, default=1000, help="creates in one batch command")

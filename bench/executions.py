@@ -230,7 +230,7 @@ def echo_pool(namespaces: list[str]) -> PairPool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, "executions")
     parser.add_argument("--namespaces", type=int, default=64)
     parser.add_argument("--pattern-calibration", type=int, default=1000, help="first execution burst")

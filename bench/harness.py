@@ -108,8 +108,9 @@ def stack_dir() -> Path:
     return Path(os.environ.get("NEXUS_STACK_DIR", REPO / ".stack"))
 
 
-def broker_pid(given: int | None) -> int:
-    """The local broker's JVM: `given`, else the pid in the stack's kafka.pid; it must run Kafka."""
+def broker_pid(given: int | None, bootstrap: str) -> int:
+    """The broker's JVM: `given`, else the pid in the stack's kafka.pid; it must run Kafka and
+    listen on the bootstrap port (another engineer's broker would be measured otherwise)."""
     source = "--broker-pid"
     if given is None:
         pid_file = stack_dir() / "kafka.pid"
@@ -124,7 +125,26 @@ def broker_pid(given: int | None) -> int:
         raise SystemExit(f"broker pid {given} (from {source}) does not run") from None
     if b"kafka.Kafka" not in cmdline:
         raise SystemExit(f"pid {given} (from {source}) is not a Kafka broker")
+    port = int(bootstrap.split(",")[0].rpartition(":")[2])
+    if not listens_on(given, port):
+        raise SystemExit(f"broker pid {given} (from {source}) does not listen on {port}: pass --broker-pid")
     return given
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port` (Linux /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in list(rows)[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and int(cols[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                    listening.add(f"socket:[{cols[9]}]")
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(fd) in listening:
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------- the load
@@ -826,8 +846,8 @@ def add_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke test in under a minute: --seconds 2 --max-seconds 2, smaller calibration bursts, "
-        "no Faust echo (its figures mean little)",
+        help="a smoke test in under a minute, not a measurement: --seconds 2 --max-seconds 2, smaller "
+        "calibration bursts, --no-faust-echo",
     )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--echo-calibration", type=int, default=5000, help="first echo burst (count)")
@@ -881,7 +901,7 @@ def parse(parser: argparse.ArgumentParser, quick: dict[str, Any]) -> argparse.Na
         overrides = {"seconds": 2.0, "max_seconds": 2.0, "echo_calibration": 2000, "faust_echo": False}
         for name, value in (overrides | quick).items():
             setattr(args, name, value)
-    args.broker_pid = broker_pid(args.broker_pid)
+    args.broker_pid = broker_pid(args.broker_pid, args.bootstrap)
     return args
 
 
