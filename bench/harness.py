@@ -808,7 +808,7 @@ class Bench:
             await driver.start()
             started = time.perf_counter()
             await wait_until_answering(driver, proc, probe, lambda _: True)
-            note(f"worker answers after {time.perf_counter() - started:.1f} s")
+            note(f"worker (pid {proc.proc.pid}) answers after {time.perf_counter() - started:.1f} s")
             yield driver, proc
         finally:
             try:
