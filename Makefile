@@ -73,6 +73,7 @@ test-integration: install
 lint: install
 	$(VENV)/bin/ruff check nexus_streams tests scripts $(wildcard bench)
 	$(VENV)/bin/mypy
+	$(if $(wildcard bench/*.py),$(VENV)/bin/mypy $(wildcard bench/*.py))
 
 bench: install
 	$(PY) bench/graph.py

@@ -148,7 +148,9 @@ def keys(
     yield batch
 
 
-def build(index: GraphIndex, m: int, inputs: tuple[array[int], ...], prefix: str = "") -> tuple[float, float]:
+def build(
+    index: GraphIndex, m: int, inputs: tuple[array[int], array[int], array[int]], prefix: str = ""
+) -> tuple[float, float]:
     """Insert until the index holds m more relationships: (seconds spent in GraphIndex.add, the
     slowest single add in seconds). Each add is timed on its own: the slowest is a step of the
     event loop too (a table growing, a dict resizing)."""
@@ -187,7 +189,7 @@ def query_pairs(index: GraphIndex, count: int, seed: int) -> tuple[list[tuple[st
     """(connected pairs, random pairs): the first reached by a random walk of 1-3 steps."""
     rnd = random.Random(seed + 1)
     entities = list(index.entities())
-    connected = []
+    connected: list[tuple[str, str]] = []
     while len(connected) < count:
         start = here = rnd.choice(entities)
         for _ in range(rnd.randint(1, 3)):
