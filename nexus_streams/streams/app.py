@@ -47,6 +47,7 @@ from nexus_streams.store.redis import RedisPatternStore
 from nexus_streams.streams import consumer as batch_consumer
 from nexus_streams.streams.batches import Batches
 from nexus_streams.streams.dump import consumer_state
+from nexus_streams.streams.outbox import Outbox
 from nexus_streams.streams.stores import STORE_CLASS, stores_of
 from nexus_streams.streams.tables import (
     Kind,
@@ -168,6 +169,7 @@ class NamespaceActor:
         #: the state's write path: one atomic changelog batch per partition and cycle
         self.writer = StateWriter(lambda: stores_of(self.tables.state), self._send_state, self._publish_cycle)
         self.request_log = StateRequestLog(self.writer, self._partitions_of)
+        self.outbox = Outbox(lambda: cast(Any, self.app.producer)._producer, self.topic_names)  # noqa: SLF001
         self._analysis_pool: ProcessPoolExecutor | None = None
         self.service = NamespaceService(
             self.request_log,
@@ -332,14 +334,26 @@ class NamespaceActor:
         return int((await delivery).offset)
 
     async def _publish_cycle(self, items: list[tuple[Reply, float]]) -> None:
+        """A flushed cycle's messages, a record batch per topic partition (streams/outbox.py)."""
+        try:
+            await self.outbox.publish(
+                (reply.outbound, reply.message.token if reply.message is not None else None)
+                for reply, _ in items
+            )
+        except Exception:  # its messages stay unacknowledged: processed again after a restart
+            log.exception("the messages of %d replies were not published", len(items))
+            return
         for reply, started in items:
             try:
-                await self._finish(reply, started)
-            except Exception:  # its message stays unacknowledged: processed again after a restart
-                log.exception("the messages of %s were not published", _where(reply))
+                self._after_publish(reply, started)
+            except Exception:
+                log.exception("after publishing %s", _where(reply))
 
     async def _finish(self, reply: Reply, started: float) -> None:
         await self.publish_all(reply.outbound, reply.message.token if reply.message is not None else None)
+        self._after_publish(reply, started)
+
+    def _after_publish(self, reply: Reply, started: float) -> None:
         if reply.wake_at is not None:
             self.schedule_resume(*reply.wake_at)
         if reply.execution_stats is not None:
