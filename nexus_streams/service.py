@@ -14,7 +14,6 @@ Three kinds of answer:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -50,9 +49,7 @@ from nexus_streams.domain.graph import (
     DomainEvent,
     Graph,
     Outcome,
-    Put,
     RecordStore,
-    Remove,
     plan_create,
     plan_delete,
     plan_delete_entity,
@@ -61,7 +58,6 @@ from nexus_streams.domain.graph import (
 )
 from nexus_streams.domain.index import Direction
 from nexus_streams.domain.relationships import (
-    SEP,
     Relationship,
     RelationshipKey,
     RelationType,
@@ -110,7 +106,7 @@ from nexus_streams.replies import (
     failure,
     result_message,
 )
-from nexus_streams.topics import EVENTS, EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
+from nexus_streams.topics import EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +122,6 @@ class Limits:
     visit_limit: int = 25_000
     snapshot_max_age_s: float = 30.0
     min_offset_wait_s: float = 30.0
-    request_retention_s: float = 7 * 24 * 3600.0
     max_nesting_depth: int = MAX_NESTING_DEPTH
 
 
@@ -145,16 +140,13 @@ class Reply:
     outbound: list[Outbound] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     namespace: str = DEFAULT_NAMESPACE
-    #: the result to remember under its request id, for answering duplicates (with the
-    #: reply's events and changes: see `Remembered`)
+    #: the result to remember under its request id, for answering duplicates (`Remembered`)
     remember: Result | None = None
     #: set by `handle` from `remember`: what the caller stores
     remembered: Remembered | None = None
     result: Result | None = None
     #: a namespace schema to store (document, or None to remove)
     schema: tuple[str, dict[str, list[str]] | None] | None = None
-    #: remembered results to forget: (namespace, request_id), past their retention
-    forget: list[tuple[str, str]] = field(default_factory=list)
     #: an execution's state to store (key, state) or to drop (key, None)
     execution_state: tuple[str, dict[str, Any] | None] | None = None
     #: wake this waiting execution (namespace, request_id) at this time
@@ -164,54 +156,78 @@ class Reply:
     #: (partition, offset) of the relationships topic now applied
     progress: tuple[int, int] | None = None
     deferred: Deferred | None = None
+    #: published again from the journal (a redelivery after a crash): not journaled again
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Remembered:
-    """What a request did, kept under its request id: its result, the events it published and the
-    changes it made. A client's duplicate gets the result again; a redelivery of the same message
-    (after a crash, before the offset was committed) re-applies the changes and re-publishes the
-    events too, since the crash may have lost them."""
+    """What a request's duplicates are answered with: its result, kept under its request id for
+    the retention window (`RequestWindow`). Its events are not kept: a redelivery of the very
+    message after a crash is answered from the journal (streams/journal.py), and a client's
+    duplicate gets the result alone."""
 
     result: Result
-    events: tuple[dict[str, Any], ...] = ()
-    changes: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def of(cls, reply: Reply) -> Remembered:
         assert reply.result is not None
-        return cls(
-            reply.result,
-            tuple(json.loads(out.value) for out in reply.outbound if out.spec is EVENTS),
-            tuple(_change_dict(change) for change in reply.changes),
-        )
+        return cls(reply.result)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "result": self.result.model_dump(mode="json"),
-            "events": list(self.events),
-            "changes": list(self.changes),
-        }
+        return self.result.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Remembered:
-        if "result" not in data:  # stored by an earlier version: the result alone
-            return cls(Result.model_validate(data))
-        return cls(Result.model_validate(data["result"]), tuple(data["events"]), tuple(data["changes"]))
-
-    def change_objects(self) -> list[Change]:
-        changes: list[Change] = []
-        for item in self.changes:
-            namespace, key = RelationshipKey.from_stored(item["key"])
-            rel = Relationship.from_record(namespace, key, item["record"])
-            changes.append(Put(rel) if item["op"] == "put" else Remove(rel))
-        return changes
+        # earlier versions kept {"result": ..., "events": ..., "changes": ...}
+        return cls(Result.model_validate(data.get("result", data) if "status" not in data else data))
 
 
-def _change_dict(change: Change) -> dict[str, Any]:
-    rel = change.relationship
-    op = "put" if isinstance(change, Put) else "remove"
-    return {"op": op, "key": rel.key.as_stored(rel.namespace), "record": rel.to_record()}
+class RequestWindow:
+    """Which remembered requests to forget, by partition: past `max_count` (the oldest first) or
+    older than `max_age_s`. Pure bookkeeping of (time, key); the caller deletes what it names."""
+
+    def __init__(self, max_age_s: float, max_count: int) -> None:
+        self.max_age_s = max_age_s
+        self.max_count = max_count
+        self._kept: dict[int, deque[tuple[float, bytes]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(kept) for kept in self._kept.values())
+
+    def admit(self, partition: int, key: bytes, at: float) -> list[bytes]:
+        """Remember `key` from `at`; returns the keys this pushes out (over the count)."""
+        kept = self._kept.setdefault(partition, deque())
+        kept.append((at, key))
+        return [kept.popleft()[1] for _ in range(len(kept) - self.max_count)]
+
+    def expired(self, now: float) -> dict[int, list[bytes]]:
+        """The keys older than the window, by partition (forgotten here)."""
+        oldest_kept = now - self.max_age_s
+        out: dict[int, list[bytes]] = {}
+        for partition, kept in self._kept.items():
+            while kept and kept[0][0] <= oldest_kept:
+                out.setdefault(partition, []).append(kept.popleft()[1])
+        return out
+
+    def load(self, partition: int, key: bytes, at: float) -> None:
+        self._kept.setdefault(partition, deque()).append((at, key))
+
+    def loaded(self) -> dict[int, list[bytes]]:
+        """After loading: order by time; returns what is already over the count."""
+        out: dict[int, list[bytes]] = {}
+        for partition, kept in self._kept.items():
+            ordered = deque(sorted(kept))
+            over = [ordered.popleft()[1] for _ in range(len(ordered) - self.max_count)]
+            self._kept[partition] = ordered
+            if over:
+                out[partition] = over
+        return out
+
+    def forget(self, partitions: set[int] | None = None) -> None:
+        """Drop the bookkeeping of `partitions` (all when None)."""
+        for partition in list(self._kept) if partitions is None else partitions:
+            self._kept.pop(partition, None)
 
 
 class RequestLog(Protocol):
@@ -265,8 +281,6 @@ class NamespaceService:
         self.applied: dict[int, int] = {}
         self._parked: dict[int, list[_Parked]] = {}
         self._snapshots: dict[str, _Snapshot] = {}
-        #: (processed_at timestamp, request_id) of remembered results, oldest first
-        self._request_times: dict[str, deque[tuple[float, str]]] = {}
         #: the partitions each namespace's messages came from (its state's partitions)
         self._partitions: dict[str, tuple[int, ...]] = {}
 
@@ -294,7 +308,6 @@ class NamespaceService:
         self.graphs.clear()
         self.executions.reset()
         self._parked.clear()
-        self._request_times.clear()
         self._partitions.clear()
         self.applied.clear()
         self._snapshots.clear()
@@ -305,16 +318,6 @@ class NamespaceService:
 
     def load_schema(self, namespace: str, document: dict[str, list[str]]) -> None:
         self.graph(namespace).schema = Schema.parse(document)
-
-    def load_request(self, stored_key: str, result: dict[str, Any]) -> None:
-        namespace, _, request_id = stored_key.partition(SEP)
-        processed_at = datetime.fromisoformat(str(result["processed_at"]).replace("Z", "+00:00"))
-        self._note_request(namespace, request_id, processed_at.timestamp())
-
-    def sort_requests(self) -> None:
-        """After loading: order each namespace's remembered results by time."""
-        for namespace, times in self._request_times.items():
-            self._request_times[namespace] = deque(sorted(times))
 
     def load_progress(self, partition: int, offset: int) -> None:
         self.applied[partition] = max(offset, self.applied.get(partition, -1))
@@ -330,7 +333,6 @@ class NamespaceService:
         for reply in replies:
             if reply.remember is not None and reply.remember.request_id is not None:
                 reply.remembered = Remembered.of(reply)
-                self._note_request(reply.namespace, reply.remember.request_id, self.clock().timestamp())
         if msg.spec is RELATIONSHIPS:
             # every message of the relationships topic counts as applied, answered or not
             self.applied[msg.partition] = max(msg.offset, self.applied.get(msg.partition, -1))
@@ -390,24 +392,9 @@ class NamespaceService:
         return replies
 
     def namespaces_due(self, now: datetime) -> list[str]:
-        """Namespaces with relationships whose expires_at has passed, or remembered results older
-        than the retention."""
+        """Namespaces with relationships whose expires_at has passed."""
         at = now.timestamp()
-        due = {ns for ns, g in self.graphs.items() if (n := g.next_expiry()) is not None and n <= at}
-        oldest_kept = at - self.limits.request_retention_s
-        due |= {ns for ns, times in self._request_times.items() if times and times[0][0] <= oldest_kept}
-        return sorted(due)
-
-    def _note_request(self, namespace: str, request_id: str, at: float) -> None:
-        self._request_times.setdefault(namespace, deque()).append((at, request_id))
-
-    def _forget_old_requests(self, namespace: str, now: datetime) -> list[str]:
-        times = self._request_times.get(namespace)
-        oldest_kept = now.timestamp() - self.limits.request_retention_s
-        forgotten = []
-        while times and times[0][0] <= oldest_kept:
-            forgotten.append(times.popleft()[1])
-        return forgotten
+        return sorted(ns for ns, g in self.graphs.items() if (n := g.next_expiry()) is not None and n <= at)
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -423,26 +410,10 @@ class NamespaceService:
         raise ValueError(f"the namespace actor does not read {spec.name}")
 
     def _replay(self, msg: Received, namespace: str, previous: Remembered) -> Reply:
-        """A request seen before: the same result; if it is the very message that was processed
-        (a redelivery after a crash), also its changes and events, which the crash may have lost."""
+        """A request seen before: the same result, no second effect (a redelivery of the very
+        message is answered before it gets here: from the journal, with its events)."""
         result = previous.result
-        reply = Reply(msg, [result_message(result)], namespace=namespace, result=result)
-        source = result.source
-        if source is None or (source.topic, source.partition, source.offset) != (
-            msg.topic,
-            msg.partition,
-            msg.offset,
-        ):
-            return reply
-        reply.changes = previous.change_objects()
-        graph = self.graph(namespace)
-        for change in reply.changes:
-            if isinstance(change, Put):
-                graph.load(change.relationship)
-            else:
-                graph.unload(change.relationship.key)
-        reply.outbound += [event_message(Event.model_validate(e)) for e in previous.events]
-        return reply
+        return Reply(msg, [result_message(result)], namespace=namespace, result=result)
 
     def release_parked(self, partition: int) -> list[Reply]:
         """Answers to the queries parked on `partition` that its applied offset now reaches.
@@ -487,7 +458,6 @@ class NamespaceService:
         reply.schema = schema
         if isinstance(command, Expire):
             reply.outbound = reply.outbound[1:]  # a worker's own sweep: events only, no result
-            reply.forget = [(namespace, rid) for rid in self._forget_old_requests(namespace, self.clock())]
         else:
             reply.remember = reply.result
         return reply

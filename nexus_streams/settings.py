@@ -51,9 +51,15 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="how long a query waits for its min_offset"
     )
     request_retention_s: float = Field(
-        default=7 * 24 * 3600.0,
+        default=24 * 3600.0,
         gt=0,
-        description="how long a command's result is remembered for idempotent redelivery",
+        description="how long a request's result is remembered, so that a duplicate gets it again",
+    )
+    request_retention_count: int = Field(
+        default=20_000,
+        ge=1,
+        description="results remembered per partition at most (the oldest are forgotten first); "
+        "with rocksdb:// they are on disk, with memory:// in the worker's memory",
     )
     maintenance_interval_s: float = Field(
         default=1.0, gt=0, description="how often expiry and overdue queries are checked"

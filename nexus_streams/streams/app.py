@@ -22,7 +22,7 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust import stores as faust_stores
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from nexus_streams.codec import Undecodable, decode_object
 from nexus_streams.diagnostics import install_task_dump
@@ -39,7 +39,7 @@ from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
 from nexus_streams.patterns import SystemPatterns
 from nexus_streams.replies import Outbound, Received, unforeseen
 from nexus_streams.runtime import GcEpochs, GcSettings, LoopWatch
-from nexus_streams.service import Limits, NamespaceService, Reply
+from nexus_streams.service import Limits, NamespaceService, Reply, RequestWindow
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.cache import PatternCache
@@ -47,6 +47,7 @@ from nexus_streams.store.redis import RedisPatternStore
 from nexus_streams.streams import consumer as batch_consumer
 from nexus_streams.streams.batches import Batches
 from nexus_streams.streams.dump import consumer_state
+from nexus_streams.streams.journal import JOURNAL_KIND, Journal, answered
 from nexus_streams.streams.outbox import Outbox
 from nexus_streams.streams.stores import STORE_CLASS, stores_of
 from nexus_streams.streams.tables import (
@@ -55,10 +56,12 @@ from nexus_streams.streams.tables import (
     StateRequestLog,
     TableRequestLog,
     Tables,
+    remembered_bytes,
+    remembered_of,
     state_key,
 )
 from nexus_streams.streams.watch import InputWatch
-from nexus_streams.streams.writer import MAX_CYCLE_BYTES, StateWriter
+from nexus_streams.streams.writer import MAX_CYCLE_BYTES, Cycle, StateWriter
 from nexus_streams.topics import (
     ALL_TOPICS,
     EVENTS,
@@ -99,7 +102,6 @@ def limits_from(settings: Settings) -> Limits:
         visit_limit=settings.visit_limit,
         snapshot_max_age_s=settings.snapshot_max_age_s,
         min_offset_wait_s=settings.min_offset_wait_s,
-        request_retention_s=settings.request_retention_s,
         max_nesting_depth=settings.max_nesting_depth,
     )
 
@@ -167,7 +169,13 @@ class NamespaceActor:
             app, settings.partitions, MEMORY_STORE if settings.table_store.startswith("memory") else None
         )
         #: the state's write path: one atomic changelog batch per partition and cycle
-        self.writer = StateWriter(lambda: stores_of(self.tables.state), self._send_state, self._publish_cycle)
+        self.writer = StateWriter(
+            lambda: stores_of(self.tables.state), self._send_state, self._publish_cycle, self._before_write
+        )
+        #: what each flushed cycle published, until its input offsets are committed
+        self.journal = Journal(SEP)
+        #: which remembered requests to forget, by count and age
+        self.window = RequestWindow(settings.request_retention_s, settings.request_retention_count)
         self.request_log = StateRequestLog(self.writer, self._partitions_of)
         self.outbox = Outbox(lambda: cast(Any, self.app.producer)._producer, self.topic_names)  # noqa: SLF001
         self._analysis_pool: ProcessPoolExecutor | None = None
@@ -208,34 +216,48 @@ class NamespaceActor:
         started = time.perf_counter()
         await self.writer.drain(REBUILD_DRAIN_S)  # flushes in flight land before the state is read
         self.writer.reset()
+        self.journal.forget()
+        self.window.forget()
         service = self.service
         service.reset()
         stores = stores_of(self.tables.state)
         for partition in stores.partitions():
             for stored_key, raw in stores.items(partition):
-                kind, _, rest = stored_key.decode().partition(SEP)
-                self._load(kind, rest, orjson.loads(raw), partition)
-        service.sort_requests()
+                self._load(stored_key, raw, partition)
+        for partition, keys in self.window.loaded().items():  # a smaller NEXUS_REQUEST_RETENTION_COUNT
+            for key in keys:
+                self.writer.put(partition, key, None)
+            self.writer.seal(partition)
         self._resume_sent.clear()
         self.gc.settle()  # the rebuilt graphs are long-lived: no later collection walks them
         log.info(
-            "graphs rebuilt in %.2fs: %d namespaces, %d relationships",
+            "graphs rebuilt in %.2fs: %d namespaces, %d relationships, %d remembered requests, "
+            "%d messages in the journal",
             time.perf_counter() - started,
             len(service.graphs),
             sum(len(g) for g in service.graphs.values()),
+            len(self.window),
+            len(self.journal),
         )
 
     def _partitions_of(self, namespace: str) -> Iterable[int]:
         return self.service.partitions_of(namespace)
 
-    def _load(self, kind: str, key: str, value: Any, partition: int) -> None:
+    def _load(self, stored_key: bytes, raw: bytes, partition: int) -> None:
+        kind, _, key = stored_key.decode().partition(SEP)
+        if kind == JOURNAL_KIND:
+            self.journal.load(partition, stored_key, raw)
+            return
+        if kind == Kind.REQUEST:
+            self.window.load(partition, stored_key, remembered_of(raw).result.processed_at.timestamp())
+            self.service.note_partition(key.partition(SEP)[0], partition)
+            return
         service = self.service
+        value = orjson.loads(raw)
         if kind != Kind.PROGRESS:  # every other kind's key starts with its namespace
             service.note_partition(key.partition(SEP)[0], partition)
         if kind == Kind.RECORD:
             service.load_record(key, value)
-        elif kind == Kind.REQUEST:
-            service.load_request(key, value.get("result", value))
         elif kind == Kind.SCHEMA:
             if value is not None:
                 service.load_schema(key, value)
@@ -296,8 +318,10 @@ class NamespaceActor:
         if reply.remembered is not None:
             result = reply.remembered.result
             assert result.request_id is not None and result.namespace is not None
-            key = state_key(Kind.REQUEST, result.namespace, result.request_id)
-            put(partition, key.encode(), orjson.dumps(reply.remembered.to_dict()))
+            request_key = state_key(Kind.REQUEST, result.namespace, result.request_id).encode()
+            put(partition, request_key, remembered_bytes(reply.remembered))
+            for forgotten in self.window.admit(partition, request_key, result.processed_at.timestamp()):
+                put(partition, forgotten, None)
         for change in reply.changes:
             rel = change.relationship
             key = state_key(Kind.RECORD, rel.key.as_stored(rel.namespace))
@@ -309,11 +333,9 @@ class NamespaceActor:
             applied_partition, offset = reply.progress
             put(partition, state_key(Kind.PROGRESS, str(applied_partition)).encode(), str(offset).encode())
         if reply.execution_state is not None:
-            key, execution = reply.execution_state
+            execution_key, execution = reply.execution_state
             value = None if execution is None else orjson.dumps(execution)
-            put(partition, state_key(Kind.EXECUTION, key).encode(), value)
-        for namespace, request_id in reply.forget:
-            put(partition, state_key(Kind.REQUEST, namespace, request_id).encode(), None)
+            put(partition, state_key(Kind.EXECUTION, execution_key).encode(), value)
 
     async def complete(self, reply: Reply, started: float, seal: bool = True) -> None:
         """Stage a reply's state; its messages go out once that state is in the changelog: a
@@ -325,6 +347,20 @@ class NamespaceActor:
         self.writer.attach(partition, (reply, started))
         if seal or self.writer.open_bytes(partition) >= MAX_CYCLE_BYTES // 2:
             self.writer.seal(partition)
+
+    def _before_write(self, partition: int, cycle: Cycle) -> None:
+        """A cycle about to be sent gets its journal record, and deletes the records committed."""
+        record = self.journal.record(partition, answered(reply for reply, _ in cycle.replies))
+        if record is not None:
+            cycle.writes[record[0]] = record[1]
+        for key in self.journal.committed(partition, self._committed):
+            cycle.writes[key] = None
+
+    def _committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset (the next to read) of an input partition, as Faust has it."""
+        committed = cast(Any, self.app.consumer)._committed_offset  # noqa: SLF001
+        offset: int | None = committed.get(TP(topic, partition))
+        return offset
 
     async def _send_state(self, builder: Any, partition: int) -> int:
         """One record batch to the state changelog's `partition`; its base offset."""
@@ -436,6 +472,10 @@ class NamespaceActor:
             value=msg.value,
             token=token,
         )
+        journaled = self.journal.replay(msg.topic, msg.partition, msg.offset)
+        if journaled is not None:  # applied before a crash: publish what it published then
+            await self.complete(Reply(received, journaled, replayed=True), started, seal=False)
+            return
         patterns = await self.prefetch(received) if spec is EXECUTIONS else None
         replies = self.service.handle(received, patterns)
         for reply in replies:
@@ -506,6 +546,21 @@ class NamespaceActor:
             delay_s, lambda: self._spawn(self.send_resume(namespace, request_id))
         )
 
+    def _forget_requests(self) -> None:
+        """Remembered requests past the retention, and journal records whose offsets are
+        committed, deleted (busy partitions do the latter in every flush: `_before_write`)."""
+        touched = set()
+        for partition, keys in self.window.expired(time.time()).items():
+            for key in keys:
+                self.writer.put(partition, key, None)
+            touched.add(partition)
+        for partition in self.journal.partitions():
+            for key in self.journal.committed(partition, self._committed):
+                self.writer.put(partition, key, None)
+                touched.add(partition)
+        for partition in touched:
+            self.writer.seal(partition)
+
     async def register_system_patterns(self) -> None:
         """At start (a Faust task: it takes no arguments)."""
         await self.system_patterns.register_until_done()
@@ -567,6 +622,7 @@ class NamespaceActor:
             log.exception("maintenance failed")
 
     async def _maintain(self) -> None:
+        self._forget_requests()
         if time.monotonic() - self._system_checked >= SYSTEM_PATTERNS_CHECK_S:
             self._system_checked = time.monotonic()
             self._spawn(self._restore_system_patterns())

@@ -3,6 +3,7 @@ the service reads them through (its request log, its relationship records)."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -53,6 +54,20 @@ class TableRequestLog:
         self.table[state_key(Kind.REQUEST, scope, result.request_id)] = remembered.to_dict()
 
 
+#: remembered results larger than this are stored compressed (marked by a leading `Z`)
+COMPRESS_OVER_BYTES = 256
+
+
+def remembered_bytes(remembered: Remembered) -> bytes:
+    """A remembered result as stored: compact JSON, zlib-compressed when large."""
+    plain = orjson.dumps(remembered.to_dict())
+    return b"Z" + zlib.compress(plain, 1) if len(plain) > COMPRESS_OVER_BYTES else plain
+
+
+def remembered_of(raw: bytes) -> Remembered:
+    return Remembered.from_dict(orjson.loads(zlib.decompress(raw[1:]) if raw[:1] == b"Z" else raw))
+
+
 class StateRequestLog:
     """The namespace actor's remembered requests, read from its `state` partitions."""
 
@@ -65,7 +80,7 @@ class StateRequestLog:
         for partition in self.partitions_of(namespace):
             stored = self.writer.get(partition, key)
             if stored is not None:
-                return Remembered.from_dict(orjson.loads(stored))
+                return remembered_of(stored)
         return None
 
 

@@ -66,17 +66,21 @@ class StateWriter:
 
     `send_batch(builder, partition)` sends a record batch to the changelog and returns the base
     offset the broker gave it; `publish(replies)` publishes a flushed cycle's replies (and
-    acknowledges their messages when delivered)."""
+    acknowledges their messages when delivered); `before_write(partition, cycle)` may add writes
+    to a cycle about to be sent."""
 
     def __init__(
         self,
         stores: Callable[[], PartitionStores],
         send_batch: Callable[[BatchBuilder, int], Awaitable[int]],
         publish: Callable[[list[Any]], Awaitable[None]],
+        before_write: Callable[[int, Cycle], None] = lambda partition, cycle: None,
     ) -> None:
         self._stores = stores
         self._send_batch = send_batch
         self._publish = publish
+        #: adds what a cycle writes besides its replies' state (the journal, deletions)
+        self._before_write = before_write
         self._partitions: dict[int, _Partition] = {}
         #: cycles flushed, records written (for the metrics and the tests)
         self.flushes = 0
@@ -164,6 +168,7 @@ class StateWriter:
             while state.open:
                 cycle, state.open = state.open, Cycle()
                 state.inflight = cycle
+                self._before_write(partition, cycle)
                 await self._write(partition, cycle)
                 state.inflight = None
                 self.flushes += 1

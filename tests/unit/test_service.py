@@ -166,8 +166,6 @@ class Worker:
             self.progress_table[str(partition)] = offset
         if reply.remembered is not None:
             self.log.put(reply.remembered)
-        for namespace, request_id in reply.forget:
-            self.log.forget(namespace, request_id)
         self.published += reply.outbound
         if reply.message is not None:
             self.acked.append(reply.message)
@@ -191,9 +189,6 @@ class Worker:
         for namespace, document in self.schemas_table.items():
             if document is not None:
                 self.service.load_schema(namespace, document)
-        for (namespace, request_id), result in self.log.results.items():
-            self.service.load_request(f"{namespace}\x1f{request_id}", result.result.model_dump(mode="json"))
-        self.service.sort_requests()
         for partition, offset in self.progress_table.items():
             self.service.load_progress(int(partition), offset)
 
@@ -1857,29 +1852,6 @@ def test_service__reset__parked_queries_are_dropped_with_the_assignment(worker: 
 # --------------------------------------------------------------------------- request retention
 
 
-@pytest.mark.parametrize("rebuilt", [False, True], ids=["live", "after-recovery"])
-def test_service__remembered_results__forgotten_after_the_retention(rebuilt: bool) -> None:
-    worker = Worker(Limits(request_retention_s=3600))
-    first = worker.ok(create(request_id="r-old"))
-    worker.now = NOW + timedelta(minutes=30)
-    worker.ok(create(source="user:2", request_id="r-new"))
-    if rebuilt:
-        worker.rebuild()
-    assert worker.service.namespaces_due(NOW + timedelta(minutes=59)) == []
-
-    worker.now = NOW + timedelta(minutes=61)
-    assert worker.service.namespaces_due(worker.now) == [NS]
-    expire = worker.one(command("expire", "expire:1"))
-    assert expire.forget == [(NS, "r-old")]
-    assert worker.log.get(NS, "r-old") is None
-    assert worker.log.get(NS, "r-new") is not None
-    assert worker.service.namespaces_due(worker.now) == []
-    # the forgotten request id is a new request now: applied again, a duplicate by content
-    again = worker.one(create(request_id="r-old"))
-    assert body(only(again, RESULTS))["error"]["code"] == "duplicate_relationship"
-    assert first["relationship"]["source"] == "user:1"
-
-
 # --------------------------------------------------------------------------- executions
 
 
@@ -1997,24 +1969,15 @@ def test_service__execute_waiting__state_kept_duplicate_ignored_resume_finishes(
 # --------------------------------------------------------------------------- redelivery after a crash
 
 
-def test_service__redelivered_message__reapplies_changes_and_republishes_events(worker: Worker) -> None:
+def test_service__redelivered_message__the_same_result_no_second_effect(worker: Worker) -> None:
+    """The very message again (its events come from the actor's journal: streams/journal.py)."""
     msg = worker.message(create(request_id="r-crash"))
     [first] = worker.process(msg)
-    # a crash lost the record and the event, but the remembered reply was durable
-    worker.relationships_table.clear()
-    worker.records[NS].data.clear()
-    worker.rebuild()
-    assert len(worker.service.graph(NS)) == 0
-
-    [again] = worker.service.handle(msg)  # the very same message, redelivered
-    worker.complete(again)
+    [again] = worker.service.handle(msg)
     assert result_of(again) == result_of(first)
-    assert [body(o)["type"] for o in again.outbound if o.spec is EVENTS] == ["relationship_created"]
-    assert [type(c).__name__ for c in again.changes] == ["Put"]
+    assert [o.spec for o in again.outbound] == [RESULTS]
+    assert again.changes == []
     assert len(worker.service.graph(NS)) == 1
-    assert worker.relationships_table == {
-        first.changes[0].relationship.key.as_stored(NS): first.changes[0].relationship.to_record()
-    }
 
 
 def test_service__client_duplicate__result_only(worker: Worker) -> None:

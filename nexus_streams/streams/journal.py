@@ -1,0 +1,170 @@
+"""What a crash may leave unpublished: the outbound messages of each flushed cycle, kept in the
+`state` table until the input offsets of the cycle are committed, then deleted.
+
+A cycle's state and its journal record are one atomic changelog batch. If the worker dies after
+the batch landed but before the cycle's results and events were delivered (or before the input
+offsets were committed), the cycle's messages are read again; each is then answered from the
+journal, byte for byte what it published the first time, instead of being handled again (its
+effects are in the state already). A message not in the journal is handled as usual.
+
+Nothing here grows with traffic: a record lives from its cycle's flush until its offsets are
+committed (Faust commits every few seconds), and a later cycle carries its deletion.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from nexus_streams.replies import Outbound
+from nexus_streams.topics import ALL_TOPICS, TopicSpec
+
+#: (topic, offset, outbound) of one input message
+Entry = tuple[str, int, list[Outbound]]
+#: journal keys start with this kind (beside streams/tables.py `Kind`)
+JOURNAL_KIND = "j"
+_SPECS = {spec.name: spec for spec in ALL_TOPICS}
+
+
+@dataclass(slots=True)
+class _Record:
+    key: bytes
+    #: the input messages it answers: topic name -> the highest offset among them
+    offsets: dict[str, int]
+    messages: list[tuple[str, int]]
+
+
+class Journal:
+    """Per state partition: the journal records not yet deleted, and the outbound of every
+    message they hold, for a redelivery to find."""
+
+    def __init__(self, separator: str) -> None:
+        self._sep = separator
+        self._records: dict[int, dict[int, _Record]] = {}
+        self._next: dict[int, int] = {}
+        self._outbound: dict[tuple[str, int, int], list[Outbound]] = {}
+
+    def __len__(self) -> int:
+        return len(self._outbound)
+
+    def record(
+        self, partition: int, answered: Iterable[tuple[str, int, list[Outbound]]]
+    ) -> tuple[bytes, bytes] | None:
+        """The journal record of a cycle: (topic, offset, outbound) of each input message it
+        answers. None when it answers none."""
+        entries: list[Entry] = list(answered)
+        if not entries:
+            return None
+        seq = self._next.get(partition, 0)
+        self._next[partition] = seq + 1
+        key = self._sep.join((JOURNAL_KIND, str(partition), f"{seq:012d}")).encode()
+        value = _encode(entries)
+        self._keep(partition, seq, key, entries)
+        return key, value
+
+    def replay(self, topic: str, partition: int, offset: int) -> list[Outbound] | None:
+        """What the message at `topic`[`partition`]@`offset` published, if a journal record has it."""
+        return self._outbound.get((topic, partition, offset))
+
+    def committed(self, partition: int, committed: Callable[[str, int], int | None]) -> list[bytes]:
+        """The records of `partition` whose every message is committed (`committed(topic,
+        partition)`: the group's next offset to read); forgotten here, to be deleted."""
+        records = self._records.get(partition)
+        if not records:
+            return []
+        done = []
+        for seq, record in list(records.items()):
+            if all(
+                (c := committed(topic, partition)) is not None and c > top
+                for topic, top in record.offsets.items()
+            ):
+                del records[seq]
+                for topic, offset in record.messages:
+                    self._outbound.pop((topic, partition, offset), None)
+                done.append(record.key)
+        return done
+
+    def load(self, partition: int, key: bytes, value: bytes) -> None:
+        """A record read back from the state (a restart, a rebalance)."""
+        seq = int(key.decode().rpartition(self._sep)[2])
+        self._keep(partition, seq, key, _decode(value))
+        self._next[partition] = max(self._next.get(partition, 0), seq + 1)
+
+    def partitions(self) -> list[int]:
+        return [p for p, records in self._records.items() if records]
+
+    def forget(self) -> None:
+        self._records.clear()
+        self._next.clear()
+        self._outbound.clear()
+
+    def _keep(
+        self, partition: int, seq: int, key: bytes, entries: list[tuple[str, int, list[Outbound]]]
+    ) -> None:
+        offsets: dict[str, int] = {}
+        messages = []
+        for topic, offset, outbound in entries:
+            offsets[topic] = max(offset, offsets.get(topic, -1))
+            messages.append((topic, offset))
+            self._outbound.setdefault((topic, partition, offset), []).extend(outbound)
+        self._records.setdefault(partition, {})[seq] = _Record(key, offsets, messages)
+
+
+def _past(committed: int | None, offset: int) -> bool:
+    return committed is not None and committed > offset
+
+
+def _encode(entries: list[Entry]) -> bytes:
+    # bytes as latin-1 text: any byte string round-trips (dead letters keep keys that are not UTF-8)
+    plain = [
+        [
+            topic,
+            offset,
+            [
+                [
+                    out.spec.name,
+                    None if out.key is None else out.key.decode("latin-1"),
+                    out.value.decode("latin-1"),
+                    {k: v.decode("latin-1") for k, v in out.headers.items()},
+                    out.partition,
+                ]
+                for out in outbound
+            ],
+        ]
+        for topic, offset, outbound in entries
+    ]
+    return zlib.compress(orjson.dumps(plain), 1)
+
+
+def _decode(value: bytes) -> list[Entry]:
+    entries = []
+    for topic, offset, outbound in orjson.loads(zlib.decompress(value)):
+        messages = [
+            Outbound(
+                _spec(spec),
+                None if key is None else key.encode("latin-1"),
+                data.encode("latin-1"),
+                {k: v.encode("latin-1") for k, v in headers.items()},
+                out_partition,
+            )
+            for spec, key, data, headers, out_partition in outbound
+        ]
+        entries.append((topic, offset, messages))
+    return entries
+
+
+def _spec(name: str) -> TopicSpec:
+    return _SPECS[name]
+
+
+def answered(replies: Iterable[Any]) -> list[tuple[str, int, list[Outbound]]]:
+    """(topic, offset, outbound) of the replies that answer an input message."""
+    return [
+        (reply.message.topic, reply.message.offset, reply.outbound)
+        for reply in replies
+        if reply.message is not None and not getattr(reply, "replayed", False)
+    ]

@@ -1,0 +1,108 @@
+"""The journal (streams/journal.py) and the request window (service.RequestWindow): what a crash
+may leave unpublished, kept until committed; which remembered results to forget."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus_streams.replies import Outbound
+from nexus_streams.service import RequestWindow
+from nexus_streams.streams.journal import Journal, answered
+from nexus_streams.topics import DEADLETTER, EVENTS, RESULTS
+
+SEP = "\x1f"
+
+
+def out(spec, value: bytes, key: bytes | None = b"ns", **headers: bytes) -> Outbound:
+    return Outbound(spec, key, value, dict(headers))
+
+
+def test_journal__record__replays_each_message_byte_for_byte() -> None:
+    journal = Journal(SEP)
+    first = [out(RESULTS, b'{"r":1}', nexus_request_id=b"r-1"), out(EVENTS, b'{"e":1}')]
+    dead = [out(DEADLETTER, b"\xff\xfe not utf-8", key=b"\xff", **{"nexus-error-code": b"undecodable"})]
+    key, value = journal.record(3, [("t.relationships", 10, first), ("t.relationships", 11, dead)])
+    assert key.startswith(b"j\x1f3\x1f")
+    assert journal.replay("t.relationships", 3, 10) == first
+    assert journal.replay("t.relationships", 3, 11) == dead
+    assert journal.replay("t.relationships", 3, 12) is None
+    assert journal.replay("t.queries", 3, 10) is None
+    # read back from the state (a restart): the same messages
+    again = Journal(SEP)
+    again.load(3, key, value)
+    assert again.replay("t.relationships", 3, 10) == first
+    assert again.replay("t.relationships", 3, 11) == dead
+    assert len(value) < 200  # compressed
+
+
+def test_journal__record__nothing_answered__no_record() -> None:
+    assert Journal(SEP).record(0, []) is None
+
+
+@pytest.mark.parametrize(
+    ("committed", "deleted"),
+    [
+        ({}, 0),
+        ({"t.relationships": 11}, 0),  # offset 11 not committed yet (the next to read is 11)
+        ({"t.relationships": 12}, 0),  # the queries' offset is not
+        ({"t.relationships": 12, "t.queries": 5}, 0),
+        ({"t.relationships": 12, "t.queries": 6}, 1),
+    ],
+)
+def test_journal__committed__deleted_once_every_message_is(committed: dict[str, int], deleted: int) -> None:
+    journal = Journal(SEP)
+    key, _ = journal.record(
+        1, [("t.relationships", 10, []), ("t.relationships", 11, []), ("t.queries", 5, [])]
+    )
+    done = journal.committed(1, lambda topic, partition: committed.get(topic))
+    assert done == [key] * deleted
+    assert (journal.replay("t.queries", 1, 5) is None) == bool(deleted)
+    assert journal.partitions() == ([] if deleted else [1])
+
+
+def test_journal__sequence_goes_on_after_loading() -> None:
+    journal = Journal(SEP)
+    key, value = journal.record(2, [("t", 1, [])])
+    again = Journal(SEP)
+    again.load(2, key, value)
+    next_key, _ = again.record(2, [("t", 2, [])])
+    assert next_key > key
+
+
+def test_journal__answered__replayed_replies_are_not_journaled_again() -> None:
+    class Msg:
+        topic, offset = "t", 4
+
+    class R:
+        def __init__(self, replayed: bool) -> None:
+            self.message, self.outbound, self.replayed = Msg(), [], replayed
+
+    assert answered([R(False), R(True)]) == [("t", 4, [])]
+
+
+def test_request_window__by_count__the_oldest_first() -> None:
+    window = RequestWindow(max_age_s=3600, max_count=2)
+    assert window.admit(0, b"a", 1.0) == []
+    assert window.admit(0, b"b", 2.0) == []
+    assert window.admit(0, b"c", 3.0) == [b"a"]
+    assert window.admit(1, b"x", 3.0) == []  # per partition
+    assert len(window) == 3
+
+
+def test_request_window__by_age() -> None:
+    window = RequestWindow(max_age_s=10, max_count=100)
+    window.admit(0, b"a", 100.0)
+    window.admit(0, b"b", 105.0)
+    window.admit(4, b"c", 100.0)
+    assert window.expired(109.0) == {}
+    assert window.expired(110.0) == {0: [b"a"], 4: [b"c"]}
+    assert window.expired(116.0) == {0: [b"b"]}
+    assert len(window) == 0
+
+
+def test_request_window__loaded__ordered_by_time_and_trimmed_to_the_count() -> None:
+    window = RequestWindow(max_age_s=3600, max_count=2)
+    for key, at in ((b"c", 3.0), (b"a", 1.0), (b"b", 2.0)):
+        window.load(5, key, at)
+    assert window.loaded() == {5: [b"a"]}
+    assert window.admit(5, b"d", 4.0) == [b"b"]
