@@ -23,6 +23,12 @@ class Settings(BaseSettings):
         default="memory://", description="memory:// for development, rocksdb:// for production"
     )
     data_dir: str = Field(default=".nexus-data", description="worker state (RocksDB, Faust)")
+    rocksdb_write_buffer_mb: int = Field(
+        default=4, ge=1, description="rocksdb://: memtable size of each partition's database (two at most)"
+    )
+    rocksdb_block_cache_mb: int = Field(
+        default=8, ge=1, description="rocksdb://: block cache of each partition's database"
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     session_timeout_s: float = Field(
         default=10.0, ge=6.0, description="a worker silent this long loses its partitions"

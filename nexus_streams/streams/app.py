@@ -106,6 +106,19 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
+def rocksdb_options(settings: Settings) -> dict[str, Any]:
+    """Faust's RocksDB defaults are sized for a machine of its own (64 MiB memtables, three of
+    them, and a 2 GiB block cache, per partition): the worker's are small and settable."""
+    mib = 1024 * 1024
+    return {
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * mib,
+        "max_write_buffer_number": 2,
+        "target_file_size_base": 16 * mib,
+        "block_cache_size": settings.rocksdb_block_cache_mb * mib,
+        "block_cache_compressed_size": mib,
+    }
+
+
 class MessageToken:
     """A message handed over in a batch, acknowledged as a Faust event would be."""
 
@@ -166,7 +179,10 @@ class NamespaceActor:
             internal=False,
         )
         self.tables = Tables(
-            app, settings.partitions, MEMORY_STORE if settings.table_store.startswith("memory") else None
+            app,
+            settings.partitions,
+            MEMORY_STORE if settings.table_store.startswith("memory") else None,
+            rocksdb_options(settings),
         )
         #: the state's write path: one atomic changelog batch per partition and cycle
         self.writer = StateWriter(

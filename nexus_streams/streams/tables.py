@@ -107,7 +107,9 @@ class Tables:
     """The changelog-backed tables of the namespace actor. `state` is read and written as raw
     bytes by partition (streams/stores.py, streams/writer.py); `store` is its Faust store URL."""
 
-    def __init__(self, app: faust.App, partitions: int, store: str | None = None) -> None:
+    def __init__(
+        self, app: faust.App, partitions: int, store: str | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         self.state = app.Table(
             "state",
             default=None,
@@ -115,6 +117,7 @@ class Tables:
             key_type=bytes,  # raw bytes both ways
             value_type=bytes,
             store=store,
+            options=options,
             help="the namespace actor's state by kind (see Kind): relationship records, remembered "
             "requests, schemas, applied offsets, waiting executions",
         )
