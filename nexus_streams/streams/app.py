@@ -69,6 +69,7 @@ from nexus_streams.topics import (
     PATTERNS,
     QUERIES,
     RELATIONSHIPS,
+    RESULTS,
     STATE_MAX_MESSAGE_BYTES,
     Header,
     TopicSpec,
@@ -335,7 +336,9 @@ class NamespaceActor:
             result = reply.remembered.result
             assert result.request_id is not None and result.namespace is not None
             request_key = state_key(Kind.REQUEST, result.namespace, result.request_id).encode()
-            put(partition, request_key, remembered_bytes(reply.remembered))
+            first = reply.outbound[0] if reply.outbound else None
+            encoded = first.value if first is not None and first.spec is RESULTS else None
+            put(partition, request_key, remembered_bytes(reply.remembered, encoded))
             for forgotten in self.window.admit(partition, request_key, result.processed_at.timestamp()):
                 put(partition, forgotten, None)
         for change in reply.changes:

@@ -25,6 +25,8 @@ from nexus_streams.topics import ALL_TOPICS, TopicSpec
 
 #: (topic, offset, outbound) of one input message
 Entry = tuple[str, int, list[Outbound]]
+#: records larger than this are compressed (marked by a leading `Z`)
+COMPRESS_OVER_BYTES = 2048
 #: journal keys start with this kind (beside streams/tables.py `Kind`)
 JOURNAL_KIND = "j"
 _SPECS = {spec.name: spec for spec in ALL_TOPICS}
@@ -77,15 +79,13 @@ class Journal:
         if not records:
             return []
         done = []
-        for seq, record in list(records.items()):
-            if all(
-                (c := committed(topic, partition)) is not None and c > top
-                for topic, top in record.offsets.items()
-            ):
-                del records[seq]
-                for topic, offset in record.messages:
-                    self._outbound.pop((topic, partition, offset), None)
-                done.append(record.key)
+        for seq, record in list(records.items()):  # oldest first: stop at the first still needed
+            if not all(_past(committed(topic, partition), top) for topic, top in record.offsets.items()):
+                break
+            del records[seq]
+            for topic, offset in record.messages:
+                self._outbound.pop((topic, partition, offset), None)
+            done.append(record.key)
         return done
 
     def load(self, partition: int, key: bytes, value: bytes) -> None:
@@ -137,12 +137,14 @@ def _encode(entries: list[Entry]) -> bytes:
         ]
         for topic, offset, outbound in entries
     ]
-    return zlib.compress(orjson.dumps(plain), 1)
+    encoded = orjson.dumps(plain)
+    return b"Z" + zlib.compress(encoded, 1) if len(encoded) > COMPRESS_OVER_BYTES else encoded
 
 
 def _decode(value: bytes) -> list[Entry]:
     entries = []
-    for topic, offset, outbound in orjson.loads(zlib.decompress(value)):
+    plain = zlib.decompress(value[1:]) if value[:1] == b"Z" else value
+    for topic, offset, outbound in orjson.loads(plain):
         messages = [
             Outbound(
                 _spec(spec),

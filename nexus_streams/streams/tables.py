@@ -54,13 +54,16 @@ class TableRequestLog:
         self.table[state_key(Kind.REQUEST, scope, result.request_id)] = remembered.to_dict()
 
 
-#: remembered results larger than this are stored compressed (marked by a leading `Z`)
-COMPRESS_OVER_BYTES = 256
+#: remembered results larger than this are stored compressed (marked by a leading `Z`): a
+#: batch's result lists every relationship; a single command's is stored as is (deflate's setup
+#: alone costs more than a small result's bytes are worth)
+COMPRESS_OVER_BYTES = 2048
 
 
-def remembered_bytes(remembered: Remembered) -> bytes:
-    """A remembered result as stored: compact JSON, zlib-compressed when large."""
-    plain = orjson.dumps(remembered.to_dict())
+def remembered_bytes(remembered: Remembered, encoded: bytes | None = None) -> bytes:
+    """A remembered result as stored: its JSON (`encoded`, when the result message has it
+    already), zlib-compressed when large."""
+    plain = encoded if encoded is not None else orjson.dumps(remembered.to_dict())
     return b"Z" + zlib.compress(plain, 1) if len(plain) > COMPRESS_OVER_BYTES else plain
 
 
