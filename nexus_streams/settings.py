@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         default=8, ge=1, description="rocksdb://: block cache of each partition's database"
     )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    standby_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="standby copies of each state partition kept warm on other workers, for fail-over",
+    )
     session_timeout_s: float = Field(
         default=10.0, ge=6.0, description="a worker silent this long loses its partitions"
     )

@@ -238,7 +238,7 @@ class NamespaceActor:
         service = self.service
         service.reset()
         stores = stores_of(self.tables.state)
-        for partition in stores.partitions():
+        for partition in self._active_partitions(stores.partitions()):
             for stored_key, raw in stores.items(partition):
                 self._load(stored_key, raw, partition)
         for partition, keys in self.window.loaded().items():  # a smaller NEXUS_REQUEST_RETENTION_COUNT
@@ -256,6 +256,13 @@ class NamespaceActor:
             len(self.window),
             len(self.journal),
         )
+
+    def _active_partitions(self, stored: list[int]) -> list[int]:
+        """The stored partitions this worker owns (the others are standby copies, kept up to date
+        by Faust for a fail-over, not served)."""
+        topics = {self.topic_names[spec] for spec in (RELATIONSHIPS, QUERIES, EXECUTIONS)}
+        actives = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in topics}
+        return [partition for partition in stored if partition in actives]
 
     def _partitions_of(self, namespace: str) -> Iterable[int]:
         return self.service.partitions_of(namespace)
@@ -778,6 +785,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         # a state cycle is one record batch (streams/writer.py); a dead letter carries a whole
         # message of the broker's default limit
         producer_max_request_size=STATE_MAX_MESSAGE_BYTES,
+        table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
