@@ -190,12 +190,17 @@ async def create_topics(kafka_bootstrap: str, env: dict[str, str]) -> None:
 
 @contextlib.asynccontextmanager
 async def own_worker(
-    kafka_bootstrap: str, redis_url: str, name: str, module: str = "nexus_streams"
+    kafka_bootstrap: str,
+    redis_url: str,
+    name: str,
+    module: str = "nexus_streams",
+    settings: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[Wire, WorkerProcess, str]]:
     """A worker of its own (own topics, group, Redis keys) for tests that kill and restart it;
-    yields it answering, with a Wire on its topics and the run id; stops both afterwards."""
+    yields it answering, with a Wire on its topics and the run id; stops both afterwards.
+    `settings`: NEXUS_* variables that differ from `worker_env`'s."""
     run_id = f"{name}-{uuid.uuid4().hex[:8]}"
-    env = worker_env(kafka_bootstrap, redis_url, run_id)
+    env = worker_env(kafka_bootstrap, redis_url, run_id) | (settings or {})
     await create_topics(kafka_bootstrap, env)
     wire = Wire(kafka_bootstrap, env["NEXUS_TOPIC_PREFIX"])
     await wire.start()
@@ -256,6 +261,10 @@ async def wire(
     await wait_until_answering(w, worker)
     yield w
     await w.stop()
+
+
+#: the table stores the restart, crash and multi-worker tests run on
+TABLE_STORES = ("memory://", "rocksdb://")
 
 
 @pytest.fixture

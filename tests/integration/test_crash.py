@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.integration.conftest import PARTITIONS, own_worker, wait_until_answering
+from tests.integration.conftest import PARTITIONS, TABLE_STORES, own_worker, wait_until_answering
 
 REQUESTS = 240
 
@@ -44,10 +45,15 @@ async def group_offsets(bootstrap: str, env: dict[str, str]) -> str:
 NAMESPACES = 4
 
 
+@pytest.mark.parametrize("store", TABLE_STORES)
 async def test_sigkill_mid_stream__every_request_answered_once_and_changes_applied_once(  # noqa: C901
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, store: str
 ) -> None:
-    async with own_worker(kafka_bootstrap, redis_url, "crash") as (wire, worker, run_id):
+    async with own_worker(kafka_bootstrap, redis_url, "crash", settings={"NEXUS_TABLE_STORE": store}) as (
+        wire,
+        worker,
+        run_id,
+    ):
         requests: dict[str, tuple[str, str, dict]] = {}
         for i in range(REQUESTS):
             namespace = f"ns{i % NAMESPACES}-{run_id}"

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import uuid
 
-from tests.integration.conftest import own_worker, wait_until_answering
+import pytest
+
+from tests.integration.conftest import TABLE_STORES, own_worker, wait_until_answering
 
 
-async def test_waiting_execution__resumes_after_sigkill(kafka_bootstrap: str, redis_url: str) -> None:
-    async with own_worker(kafka_bootstrap, redis_url, "exec-restart") as (wire, worker, run_id):
+@pytest.mark.parametrize("store", TABLE_STORES)
+async def test_waiting_execution__resumes_after_sigkill(
+    kafka_bootstrap: str, redis_url: str, store: str
+) -> None:
+    async with own_worker(
+        kafka_bootstrap, redis_url, "exec-restart", settings={"NEXUS_TABLE_STORE": store}
+    ) as (wire, worker, run_id):
         stored = await wire.request(
             "patterns",
             "slow_start",

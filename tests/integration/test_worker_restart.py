@@ -3,7 +3,9 @@ from the changelog topics: nothing lost, nothing doubled."""
 
 from __future__ import annotations
 
-from tests.integration.conftest import own_worker, wait_until_answering
+import pytest
+
+from tests.integration.conftest import TABLE_STORES, own_worker, wait_until_answering
 from tests.integration.test_graph_kafka import create, ok
 from tests.integration.wire import Wire
 
@@ -51,10 +53,15 @@ async def assert_mixed_history(wire: Wire, ns: str) -> None:
     assert stats["schema"] == {"owner": ["user -> wallet"]}
 
 
+@pytest.mark.parametrize("store", TABLE_STORES)
 async def test_restart__sigkill_then_graph_and_requests_recovered(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, store: str
 ) -> None:
-    async with own_worker(kafka_bootstrap, redis_url, "restart") as (wire, worker, run_id):
+    async with own_worker(kafka_bootstrap, redis_url, "restart", settings={"NEXUS_TABLE_STORE": store}) as (
+        wire,
+        worker,
+        run_id,
+    ):
         namespaces = [f"ns-{i}-{run_id}" for i in range(4)]
         created = []
         for i, ns in enumerate(namespaces * 5):

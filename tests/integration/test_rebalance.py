@@ -1,0 +1,116 @@
+"""Two workers under a flow of commands (issue 13, "Replicas and hand-over"): a second worker joins
+(a graceful rebalance: no second result for any request), the first is SIGKILLed (the other
+takes its namespaces over), then comes back. Every request is answered, every copy of a result is
+the same, and every namespace holds exactly the relationships whose creates were answered ok."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from tests.integration.conftest import (
+    REPO,
+    TABLE_STORES,
+    WorkerProcess,
+    free_port,
+    own_worker,
+    wait_until_answering,
+)
+from tests.integration.wire import Wire
+
+NAMESPACES = 8
+RATE = 40.0  # requests a second, spread over the namespaces
+
+
+def second_worker(env: dict[str, str], name: str) -> WorkerProcess:
+    """Another member of the same group: same topics and Redis keys, its own data and port."""
+    other = {
+        **env,
+        "NEXUS_DATA_DIR": str(REPO / ".stack" / f"worker-data-{name}"),
+        "NEXUS_METRICS_PORT": str(free_port()),
+    }
+    return WorkerProcess(other, f"worker-{name}")
+
+
+def results_of(wire: Wire, mine: set[str]) -> Counter[str]:
+    return Counter(rid for r in wire.records["results"] if (rid := r.headers.get("nexus-request-id")) in mine)
+
+
+@pytest.mark.parametrize("store", TABLE_STORES)
+async def test_two_workers__join_kill_rejoin__every_request_answered_once_and_state_intact(
+    kafka_bootstrap: str, redis_url: str, store: str
+) -> None:
+    async with own_worker(kafka_bootstrap, redis_url, "rebalance", settings={"NEXUS_TABLE_STORE": store}) as (
+        wire,
+        first,
+        run_id,
+    ):
+        second = second_worker(first.env, f"rebalance-b-{run_id}")
+        sent: dict[str, str] = {}  # request id -> namespace
+        stop = asyncio.Event()
+
+        async def flow() -> None:
+            i = 0
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            while not stop.is_set() and i < 4000:
+                namespace = f"ns{i % NAMESPACES}-{run_id}"
+                request_id = f"rb{i}-{run_id}"
+                payload = {
+                    "request_id": request_id,
+                    "principal": "tests",
+                    "action": "create",
+                    "type": "member",
+                    "source": f"user:{i}",
+                    "target": f"group:{i % 50}",
+                }
+                await wire.send("relationships", namespace, payload)
+                sent[request_id] = namespace
+                i += 1
+                await asyncio.sleep(max(0.0, start + i / RATE - loop.time()))
+
+        producer = asyncio.create_task(flow())
+        try:
+            await wire.wait_until(lambda: len(results_of(wire, set(sent))) >= 100, timeout_s=60)
+            # a graceful rebalance: the second worker joins
+            second.start()
+            await wait_until_answering(wire, second)
+            await asyncio.sleep(0)  # the flow goes on across the rebalance
+            joined = set(sent)
+            await wire.wait_until(lambda: set(results_of(wire, joined)) == joined, timeout_s=90)
+            doubled = {rid: n for rid, n in results_of(wire, joined).items() if n > 1}
+            assert doubled == {}, f"a graceful rebalance published second results: {list(doubled)[:5]}"
+
+            # the first worker dies; the second takes its namespaces over, then it comes back
+            first.kill()
+            before_kill = set(sent)
+            await wire.wait_until(lambda: set(results_of(wire, before_kill)) == before_kill, timeout_s=90)
+            first.start()
+            await wait_until_answering(wire, first)
+        finally:
+            stop.set()
+            await producer
+        try:
+            mine = set(sent)
+            if not await wire.wait_until(lambda: set(results_of(wire, mine)) == mine, timeout_s=90):
+                missing = sorted(mine - set(results_of(wire, mine)))
+                raise AssertionError(f"{len(missing)} requests unanswered, e.g. {missing[:5]}")
+            copies: dict[str, set[bytes]] = {}
+            for record in wire.matching("results", lambda r: r.headers.get("nexus-request-id") in mine):
+                copies.setdefault(record.headers["nexus-request-id"], set()).add(record.value or b"")
+            assert {rid: len(v) for rid, v in copies.items() if len(v) != 1} == {}
+            ok = Counter(
+                sent[rid] for rid, values in copies.items() if b'"status":"ok"' in next(iter(values))
+            )
+            assert sum(ok.values()) == len(mine)
+            for n in range(NAMESPACES):
+                namespace = f"ns{n}-{run_id}"
+                stats = await wire.request("queries", namespace, {"action": "stats"}, timeout_s=60)
+                assert stats["output"]["relationships"] == ok[namespace], namespace
+            for worker in (first, second):
+                assert "Traceback" not in worker.log_text(), worker.log_path
+        finally:
+            second.stop()
+            second.remove_data()
