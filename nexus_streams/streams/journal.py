@@ -25,8 +25,9 @@ from nexus_streams.topics import ALL_TOPICS, TopicSpec
 
 #: (topic, offset, outbound) of one input message
 Entry = tuple[str, int, list[Outbound]]
-#: records larger than this are compressed (marked by a leading `Z`)
-COMPRESS_OVER_BYTES = 2048
+#: records larger than this are compressed (a leading `Z`; `R`: raw): below it, deflate's setup
+#: costs more than the bytes saved are worth
+COMPRESS_OVER_BYTES = 16 * 1024
 #: journal keys start with this kind (beside streams/tables.py `Kind`)
 JOURNAL_KIND = "j"
 _SPECS = {spec.name: spec for spec in ALL_TOPICS}
@@ -119,42 +120,53 @@ def _past(committed: int | None, offset: int) -> bool:
 
 
 def _encode(entries: list[Entry]) -> bytes:
-    # bytes as latin-1 text: any byte string round-trips (dead letters keep keys that are not UTF-8)
-    plain = [
-        [
-            topic,
-            offset,
-            [
+    """A JSON index of lengths, then the raw bytes it describes (no text round trip of values)."""
+    index: list[Any] = []
+    blob: list[bytes] = []
+    for topic, offset, outbound in entries:
+        described = []
+        for out in outbound:
+            headers = [[name, len(value)] for name, value in out.headers.items()]
+            described.append(
                 [
                     out.spec.name,
-                    None if out.key is None else out.key.decode("latin-1"),
-                    out.value.decode("latin-1"),
-                    {k: v.decode("latin-1") for k, v in out.headers.items()},
+                    -1 if out.key is None else len(out.key),
+                    len(out.value),
+                    headers,
                     out.partition,
                 ]
-                for out in outbound
-            ],
-        ]
-        for topic, offset, outbound in entries
-    ]
-    encoded = orjson.dumps(plain)
-    return b"Z" + zlib.compress(encoded, 1) if len(encoded) > COMPRESS_OVER_BYTES else encoded
+            )
+            if out.key is not None:
+                blob.append(out.key)
+            blob.append(out.value)
+            blob.extend(out.headers.values())
+        index.append([topic, offset, described])
+    head = orjson.dumps(index)
+    encoded = len(head).to_bytes(4, "big") + head + b"".join(blob)
+    return b"Z" + zlib.compress(encoded, 1) if len(encoded) > COMPRESS_OVER_BYTES else b"R" + encoded
 
 
 def _decode(value: bytes) -> list[Entry]:
+    plain = zlib.decompress(value[1:]) if value[:1] == b"Z" else value[1:]
+    size = int.from_bytes(plain[:4], "big")
+    at = 4 + size
+    view = memoryview(plain)
+
+    def take(length: int) -> bytes:
+        nonlocal at
+        chunk = bytes(view[at : at + length])
+        at += length
+        return chunk
+
     entries = []
-    plain = zlib.decompress(value[1:]) if value[:1] == b"Z" else value
-    for topic, offset, outbound in orjson.loads(plain):
-        messages = [
-            Outbound(
-                _spec(spec),
-                None if key is None else key.encode("latin-1"),
-                data.encode("latin-1"),
-                {k: v.encode("latin-1") for k, v in headers.items()},
-                out_partition,
+    for topic, offset, described in orjson.loads(plain[4 : 4 + size]):
+        messages = []
+        for spec, key_length, value_length, headers, out_partition in described:
+            key = None if key_length < 0 else take(key_length)
+            data = take(value_length)
+            messages.append(
+                Outbound(_spec(spec), key, data, {name: take(n) for name, n in headers}, out_partition)
             )
-            for spec, key, data, headers, out_partition in outbound
-        ]
         entries.append((topic, offset, messages))
     return entries
 
