@@ -14,15 +14,18 @@ independently of the service's code:
 - a JSON object without a usable `request_id` (a string of 1-128 characters): a dead letter
   (and an error result with `request_id: null`, which nobody can await);
 - any other message: a result under its request id (ok or error).
-- Nesting is the one open case: the contract bounds it without saying where (`NESTING_BOUND`
-  is the least a service may allow), and a service that refuses a message nested deeper may
-  answer `validation_error` under the request id if it still reads one, or dead-letter the
-  message; either accounts for it (`Outcome.EITHER`).
+
+Two cases are open, and either a result under the request id or a dead letter accounts for them
+(`Outcome.EITHER`): nesting, which the contract bounds without saying where (`NESTING_BOUND` is
+the least a service may allow; a service that refuses a message nested deeper may still read its
+request id, or not), and numbers beyond a double's range (1e400), which RFC 8259 lets a parser
+refuse, and one that does cannot read the request id either.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -595,9 +598,35 @@ def expect(
     if bad_key:
         return Outcome.DEADLETTER, None, key_codes
     request_id = data.get("request_id")
+    if _overflows(data):
+        # a number beyond a double's range: RFC 8259 lets a parser refuse it, and then the
+        # request id is as unreadable as in a value nested too deep
+        return (
+            (Outcome.EITHER, request_id, frozenset())
+            if _usable(request_id)
+            else (
+                Outcome.DEADLETTER,
+                None,
+                frozenset(),
+            )
+        )
     if not _usable(request_id):
         return Outcome.DEADLETTER, None, frozenset()
     return Outcome.RESULT, request_id, frozenset()
+
+
+def _overflows(value: Any) -> bool:
+    """A number in `value` that is infinite as a double (e.g. 1e400)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and math.isinf(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _usable(request_id: Any) -> bool:

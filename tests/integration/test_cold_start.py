@@ -127,7 +127,8 @@ async def test_cold_start__redis_comes_after_the_worker__executions_wait_for_the
             worker.start()
             # Redis comes once the worker is consuming and has failed to register the patterns
             deadline = time.monotonic() + 90
-            while not all(line in worker.log_text() for line in ("Worker ready", "not registered yet")):
+            waited_for = ("Worker ready", "system patterns not registered")
+            while not all(line in worker.log_text() for line in waited_for):
                 assert worker.alive() and time.monotonic() < deadline, (
                     f"worker not ready; see {worker.log_path}"
                 )
