@@ -169,7 +169,145 @@ def final(copies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in copies if c["status"] == "ok" or c["error"]["code"] not in TRANSIENT]
 
 
-async def test_faults__redis_and_broker_sigkilled__nothing_lost_nothing_doubled(  # noqa: C901
+@dataclass
+class FaultRun:
+    """One run of the scenario: the private stack, a worker on it, the client and what came back."""
+
+    stack: PrivateStack
+    run_id: str
+    wire: Wire
+    worker: WorkerProcess
+    client: Client
+    store: RedisPatternStore
+    deadline: float
+    answers: Answers = field(init=False)
+    #: the custom patterns stored so far (executions take them in turn)
+    custom: list[str] = field(default_factory=list)
+    retried: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.answers = Answers(self.wire)
+
+    async def ask(self, topic: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A request of the test's own (not accounted for with the stream): its result."""
+        request = Request(topic, key, {"principal": "alice", **payload}, "")
+        await self.client.send(request, self.deadline, track=False)
+        return await self.wire.result(payload["request_id"], 60)
+
+    async def store_pattern(self, name: str) -> None:
+        pattern_id = f"{name}-{self.run_id}"
+        payload = {"request_id": f"store-{pattern_id}", "action": "store", "pattern": grant(pattern_id)}
+        stored = await self.ask("patterns", pattern_id, payload)
+        assert stored["status"] == "ok", stored
+        self.custom.append(pattern_id)
+
+    async def produce(self) -> None:
+        for i in range(REQUESTS):
+            await self.client.send(request_at(i, self.run_id, self.custom), self.deadline)
+            await asyncio.sleep(SEND_INTERVAL_S)  # the client's pace
+
+    def answered(self) -> int:
+        return sum(1 for rid in self.client.requests if self.answers.of(rid))
+
+    async def settle(self) -> dict[str, tuple[Request, list[dict[str, Any]]]]:
+        """Wait for every request's final answer, retrying with the same request_id those answered
+        only with errors that invite a retry; what has none at the deadline."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            pending = {}
+            for rid, req in self.client.requests.items():
+                copies = self.answers.of(rid)
+                if not final(copies):
+                    pending[rid] = (req, copies)
+            exhausted = all(
+                self.retried[rid] >= RETRIES and len(c) >= req.sends for rid, (req, c) in pending.items()
+            )
+            if not pending or exhausted or time.monotonic() > deadline:
+                return pending
+            for rid, (req, copies) in pending.items():
+                # every send answered, and only with errors that invite a retry: send it again
+                if copies and len(copies) >= req.sends and self.retried[rid] < RETRIES:
+                    self.retried[rid] += 1
+                    await self.client.send(req, deadline + 30)
+            seen = len(self.wire.records["results"])
+            await self.wire.wait_until(lambda seen=seen: len(self.wire.records["results"]) > seen, 2.0)
+
+    def answer_problems(self) -> tuple[list[str], defaultdict[str, Counter[str]]]:
+        """One final answer per request, ok; and what the ok answers made, by namespace and type."""
+        problems = []
+        made: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        refused: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+        for rid, req in self.client.requests.items():
+            finals = final(self.answers.of(rid))
+            if len({repr(sorted(a.items())) for a in finals}) > 1:
+                problems.append(f"different results for {rid}: {finals[:2]}")
+            if finals and finals[0]["status"] != "ok":
+                what = req.payload.get("pattern_id") or req.payload.get("action") or req.topic
+                refused[(what, finals[0]["error"]["code"])].append(rid)
+            if finals and finals[0]["status"] == "ok" and req.adds:
+                made[req.namespace][req.adds] += 1
+        for (what, code), rids in refused.items():
+            problems.append(f"{len(rids)} requests ({what}) answered {code}, e.g. {rids[:3]}")
+        return problems, made
+
+    async def graph_problems(self, made: defaultdict[str, Counter[str]]) -> list[str]:
+        """Each namespace holds exactly what its ok answers made: counts by type, and each create."""
+        problems = []
+        for n in range(NAMESPACES):
+            namespace = f"f{n}-{self.run_id}"
+            stats = await self.ask(
+                "queries", namespace, {"request_id": f"stats-{namespace}", "action": "stats"}
+            )
+            by_type = {t: c for t, c in (stats.get("output") or {}).get("by_type", {}).items() if c}
+            if by_type != dict(made[namespace]):
+                problems.append(f"{namespace} holds {by_type}, its ok answers made {dict(made[namespace])}")
+        for rid, req in self.client.requests.items():
+            if req.topic != "relationships" or not final(self.answers.of(rid)):
+                continue
+            p = req.payload
+            query = {"action": "get", "type": p["type"], "source": p["source"], "target": p["target"]}
+            got = await self.ask("queries", req.namespace, {"request_id": f"get-{rid}", **query})
+            if got["status"] != "ok":
+                problems.append(f"the relationship {rid} created is missing: {got.get('error')}")
+        return problems
+
+    async def pattern_problems(self) -> list[str]:
+        """The acknowledged patterns are in Redis, as stored."""
+        problems = []
+        for pattern_id in self.custom:
+            try:
+                pattern = await self.store.get(pattern_id)
+            except NexusError as exc:
+                problems.append(
+                    f"pattern {pattern_id}, stored and acknowledged before Redis died: {exc.message}"
+                )
+                continue
+            if (pattern.version, pattern.name) != (1, grant(pattern_id)["name"]):
+                problems.append(f"pattern {pattern_id} came back as v{pattern.version} {pattern.name!r}")
+        return problems
+
+    async def restart_problems(self) -> list[str]:
+        """After a worker restart (an empty pattern cache) every pattern still runs."""
+        self.worker.stop()
+        self.worker.start()
+        await wait_until_answering(self.wire, self.worker)
+        problems = []
+        namespace = f"after-{self.run_id}"
+        for k, pattern_id in enumerate(["user_onboarding", "financial_transaction", *self.custom]):
+            # the transfer goes over what the onboarding just before made
+            people = (
+                {"source": f"user:a{k}", "target": f"wallet:a{k}"}
+                if k != 1
+                else {"source": "user:a0", "target": "wallet:a0"}
+            )
+            payload = {"request_id": f"after-{k}-{self.run_id}", "pattern_id": pattern_id, "input": people}
+            ran = await self.ask("executions", namespace, payload)
+            if ran["status"] != "ok":
+                problems.append(f"after the worker restart, {pattern_id} answers {ran['error']}")
+        return problems
+
+
+async def test_faults__redis_and_broker_sigkilled__nothing_lost_nothing_doubled(
     private_stack: PrivateStack,
 ) -> None:
     started = time.monotonic()
@@ -177,108 +315,56 @@ async def test_faults__redis_and_broker_sigkilled__nothing_lost_nothing_doubled(
     run_id = stack.dir.name[-8:]
     env = worker_env(stack.bootstrap, stack.redis_url, f"faults-{run_id}")
     await create_topics(stack.bootstrap, env)
-    wire = Wire(stack.bootstrap, env["NEXUS_TOPIC_PREFIX"])
+    run = FaultRun(
+        stack,
+        run_id,
+        Wire(stack.bootstrap, env["NEXUS_TOPIC_PREFIX"]),
+        WorkerProcess(env, f"worker-faults-{run_id}"),
+        Client(stack.bootstrap, env["NEXUS_TOPIC_PREFIX"]),
+        RedisPatternStore.from_url(stack.redis_url, key_prefix=env["NEXUS_REDIS_KEY_PREFIX"]),
+        deadline=time.monotonic() + 180,
+    )
+    wire, worker, client = run.wire, run.worker, run.client
     await wire.start()
-    worker = WorkerProcess(env, f"worker-faults-{run_id}")
-    client = Client(stack.bootstrap, env["NEXUS_TOPIC_PREFIX"])
-    store = RedisPatternStore.from_url(stack.redis_url, key_prefix=env["NEXUS_REDIS_KEY_PREFIX"])
     producer: asyncio.Task[None] | None = None
-    answers = Answers(wire)
     try:
         worker.start()
         await wait_until_answering(wire, worker)
         await client.start()
-        deadline = time.monotonic() + 150
+        await run.store_pattern("grant-a")
+        warm = {
+            "request_id": f"warm-{run_id}",
+            "pattern_id": run.custom[0],
+            "input": {"source": "user:s", "target": "group:s"},
+        }
+        ran = await run.ask("executions", f"setup-{run_id}", warm)
+        assert ran["status"] == "ok", ran  # and grant-a is in the worker's cache
 
-        async def ask(topic: str, key: str, payload: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
-            rid = payload["request_id"]
-            await client.send(
-                Request(topic, key, {"principal": "alice", **payload}, ""), deadline, track=False
-            )
-            return await wire.result(rid, timeout_s)
+        producer = asyncio.create_task(run.produce())
+        assert await wire.wait_until(lambda: run.answered() >= 30 or producer.done(), 60), "no answers"
 
-        stored = await ask(
-            "patterns",
-            f"grant-a-{run_id}",
-            {"request_id": f"p1-{run_id}", "action": "store", "pattern": grant(f"grant-a-{run_id}")},
-        )
-        assert stored["status"] == "ok", stored
-        custom = [f"grant-a-{run_id}"]
-        setup = f"setup-{run_id}"
-        ran = await ask(
-            "executions",
-            setup,
-            {
-                "request_id": f"s1-{run_id}",
-                "pattern_id": custom[0],
-                "input": {"source": "user:s", "target": "group:s"},
-            },
-        )
-        assert ran["status"] == "ok", ran
-
-        async def produce() -> None:
-            for i in range(REQUESTS):
-                await client.send(request_at(i, run_id, custom), deadline)
-                await asyncio.sleep(SEND_INTERVAL_S)  # the client's pace
-
-        def answered() -> int:
-            return sum(1 for rid in client.requests if answers.of(rid))
-
-        producer = asyncio.create_task(produce())
-        assert await wire.wait_until(lambda: answered() >= 30 or producer.done(), 60), (
-            "no answers before the faults"
-        )
-
-        # a pattern stored and acknowledged just before Redis dies must survive it
-        stored = await ask(
-            "patterns",
-            f"grant-b-{run_id}",
-            {"request_id": f"p2-{run_id}", "action": "store", "pattern": grant(f"grant-b-{run_id}")},
-        )
-        assert stored["status"] == "ok", stored
-        custom.append(f"grant-b-{run_id}")  # not in the worker's cache yet: executions read Redis
+        # a pattern stored and acknowledged just before Redis dies must survive it; it is not in the
+        # worker's cache yet, so executions of it read Redis
+        await run.store_pattern("grant-b")
         await asyncio.to_thread(stack.kill, "redis")
         during = len(client.requests)
         assert await wire.wait_until(lambda: len(client.requests) >= during + 30 or producer.done(), 30)
-        await asyncio.to_thread(stack.start)  # Redis again, from whatever it persisted
+        await asyncio.to_thread(stack.start)  # Redis again, from what it persisted
 
-        after_redis = answered()
-        assert await wire.wait_until(lambda: answered() >= after_redis + 20 or producer.done(), 60), (
+        after_redis = run.answered()
+        assert await wire.wait_until(lambda: run.answered() >= after_redis + 20 or producer.done(), 60), (
             "no answers after Redis came back"
         )
         await asyncio.to_thread(stack.kill, "kafka")
         failed = client.failed_sends
-        # the client notices (sends fail) before the broker comes back
-        for _ in range(60):
+        for _ in range(60):  # the client notices (its sends fail) before the broker comes back
             if client.failed_sends > failed + 1 or producer.done():
                 break
             await asyncio.sleep(0.5)  # polling the client's counter
         await asyncio.to_thread(stack.start)
+        await asyncio.wait_for(producer, timeout=max(1.0, run.deadline - time.monotonic()))
 
-        await asyncio.wait_for(producer, timeout=max(1.0, deadline - time.monotonic()))
-
-        # every request answered; transient errors retried with the same request_id
-        retried: Counter[str] = Counter()
-        answer_deadline = time.monotonic() + DEADLINE_S
-        while True:
-            pending = {}
-            for rid, req in client.requests.items():
-                copies = answers.of(rid)
-                if not final(copies):
-                    pending[rid] = (req, copies)
-            exhausted = all(
-                retried[rid] >= RETRIES and len(c) >= req.sends for rid, (req, c) in pending.items()
-            )
-            if not pending or exhausted or time.monotonic() > answer_deadline:
-                break
-            for rid, (req, copies) in pending.items():
-                # every send answered, and only with errors that invite a retry: send it again
-                if copies and len(copies) >= req.sends and retried[rid] < RETRIES:
-                    retried[rid] += 1
-                    await client.send(req, answer_deadline + 30)
-            seen = len(wire.records["results"])
-            await wire.wait_until(lambda seen=seen: len(wire.records["results"]) > seen, 2.0)
-
+        pending = await run.settle()
         problems: list[str] = []
         if pending:
             problems.append(
@@ -289,81 +375,18 @@ async def test_faults__redis_and_broker_sigkilled__nothing_lost_nothing_doubled(
                     for rid, (req, copies) in list(pending.items())[:8]
                 )
             )
-        made: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        refused: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
-        for rid, req in client.requests.items():
-            finals = final(answers.of(rid))
-            if len({repr(sorted(a.items())) for a in finals}) > 1:
-                problems.append(f"different results for {rid}: {finals[:2]}")
-            if finals and finals[0]["status"] != "ok":
-                what = req.payload.get("pattern_id") or req.payload.get("action") or req.topic
-                refused[(what, finals[0]["error"]["code"])].append(rid)
-            if finals and finals[0]["status"] == "ok" and req.adds:
-                made[req.namespace][req.adds] += 1
-        for (what, code), rids in refused.items():
-            problems.append(f"{len(rids)} requests ({what}) answered {code}, e.g. {rids[:3]}")
-
-        # each namespace holds exactly what its ok answers made
-        for n in range(NAMESPACES):
-            namespace = f"f{n}-{run_id}"
-            stats = await ask("queries", namespace, {"request_id": f"stats-{n}-{run_id}", "action": "stats"})
-            by_type = {t: c for t, c in (stats.get("output") or {}).get("by_type", {}).items() if c}
-            if by_type != dict(made[namespace]):
-                problems.append(f"{namespace} holds {by_type}, its ok answers made {dict(made[namespace])}")
-        gets = [
-            (rid, req)
-            for rid, req in client.requests.items()
-            if req.topic == "relationships" and final(answers.of(rid))
-        ]
-        for rid, req in gets:
-            p = req.payload
-            got = await ask(
-                "queries",
-                req.namespace,
-                {
-                    "request_id": f"get-{rid}",
-                    "action": "get",
-                    "type": p["type"],
-                    "source": p["source"],
-                    "target": p["target"],
-                },
-            )
-            if got["status"] != "ok":
-                problems.append(f"the relationship {rid} created is missing: {got.get('error')}")
-
-        # the acknowledged patterns are in Redis after its crash
-        for pattern_id in custom:
-            try:
-                pattern = await store.get(pattern_id)
-                if (pattern.version, pattern.name) != (1, grant(pattern_id)["name"]):
-                    problems.append(f"pattern {pattern_id} came back as v{pattern.version} {pattern.name!r}")
-            except NexusError as exc:
-                problems.append(
-                    f"pattern {pattern_id}, stored and acknowledged before Redis died: {exc.message}"
-                )
-
-        # and after a worker restart (an empty cache) every pattern still runs
-        worker.stop()
-        worker.start()
-        await wait_until_answering(wire, worker)
-        after = f"after-{run_id}"
-        for k, pattern_id in enumerate(["user_onboarding", "financial_transaction", *custom]):
-            transfer = {"source": "user:a0", "target": "wallet:a0"}
-            execution = {"source": f"user:a{k}", "target": f"wallet:a{k}"} if k != 1 else transfer
-            ran = await ask(
-                "executions",
-                after,
-                {"request_id": f"after-{k}-{run_id}", "pattern_id": pattern_id, "input": execution},
-            )
-            if ran["status"] != "ok":
-                problems.append(f"after the worker restart, {pattern_id} answers {ran['error']}")
+        answered, made = run.answer_problems()
+        problems += answered
+        problems += await run.graph_problems(made)
+        problems += await run.pattern_problems()
+        problems += await run.restart_problems()
         log = worker.log_text()
         if "Traceback" in log:
             at = log.index("Traceback")
             problems.append(f"the worker logged a Traceback:\n{log[max(0, at - 300) : at + 1500]}")
         assert not problems, (
             f"{len(client.requests)} requests, {client.failed_sends} failed sends, "
-            f"{sum(retried.values())} retries, {time.monotonic() - started:.0f}s; "
+            f"{sum(run.retried.values())} retries, {time.monotonic() - started:.0f}s; "
             f"worker log {worker.log_path}\n" + "\n".join(problems[:30])
         )
     finally:
@@ -373,7 +396,7 @@ async def test_faults__redis_and_broker_sigkilled__nothing_lost_nothing_doubled(
         worker.stop()
         worker.remove_data()
         await wire.stop()
-        await store.close()
+        await run.store.close()
 
 
 async def test_faults__store_unavailable_execution__retried_with_the_same_request_id_runs_again(

@@ -7,10 +7,11 @@ Accounting. A message whose value has a usable request id (a string of 1-128 cha
 usable key is accounted for by a result under that request id; any other one by a dead letter
 whose `nexus-source-topic/partition/offset` headers name it. Request ids repeat (the fuzzer
 duplicates them on purpose, and a duplicate gets the same result again): results are counted per
-request id, and a request id sent n times needs n results. Nesting too deep for a parser may end
-either way (fuzzing.Outcome.EITHER). A dead letter keeps the original key, and the original value
-when it is within the 1 MiB the service accepts; a message that expects a result is dead-lettered
-only as an `internal_error`.
+request id, and a request id sent n times needs n results (a request id that is not usable is
+no one's: its messages need dead letters). Deep nesting and numbers beyond a double may end
+either way (fuzzing.Outcome.EITHER). A dead letter keeps the original key, and the original
+value when it is within the 1 MiB the service accepts; a message that expects a result is
+dead-lettered only as an `internal_error`.
 
 The run's input topics accept values up to 2 MiB, as a deployment's may: the service's own
 1 MiB limit must then refuse what is over it.
@@ -53,7 +54,7 @@ class Valid:
     payload: dict[str, Any]
     #: a find_path's create (its index among the valid requests): `min_offset` is its offset
     after: int | None = None
-    #: sent again, unchanged: a copy of the request at this index
+    #: a copy of an earlier valid request, sent again unchanged
     again: bool = False
 
 
