@@ -602,21 +602,15 @@ def expect(
         return Outcome.DEADLETTER, None, UNDECODABLE | key_codes
     if not isinstance(data, dict):
         return Outcome.DEADLETTER, None, UNDECODABLE | key_codes
-    if bad_key:
-        return Outcome.DEADLETTER, None, key_codes
     request_id = data.get("request_id")
     if _overflows(data):
         # a number beyond a double's range: RFC 8259 lets a parser refuse it, and then the
-        # request id is as unreadable as in a value nested too deep
-        return (
-            (Outcome.EITHER, request_id, frozenset())
-            if _usable(request_id)
-            else (
-                Outcome.DEADLETTER,
-                None,
-                frozenset(),
-            )
-        )
+        # request id is as unreadable as in a value nested too deep (and the key is not looked at)
+        if not bad_key and _usable(request_id):
+            return Outcome.EITHER, request_id, frozenset()
+        return Outcome.DEADLETTER, None, UNDECODABLE | key_codes if bad_key else frozenset()
+    if bad_key:
+        return Outcome.DEADLETTER, None, key_codes
     if not _usable(request_id):
         return Outcome.DEADLETTER, None, frozenset()
     return Outcome.RESULT, request_id, frozenset()
