@@ -39,7 +39,7 @@ from tests.integration.wire import Wire
 
 NAMESPACES = 3
 #: requests the producer sends in all (about 10 a second)
-REQUESTS = 360
+REQUESTS = 280
 SEND_INTERVAL_S = 0.1
 #: answers that say "try again, same request_id"
 TRANSIENT = frozenset({"store_unavailable", "internal_error"})
@@ -261,14 +261,23 @@ class FaultRun:
             by_type = {t: c for t, c in (stats.get("output") or {}).get("by_type", {}).items() if c}
             if by_type != dict(made[namespace]):
                 problems.append(f"{namespace} holds {by_type}, its ok answers made {dict(made[namespace])}")
-        for rid, req in self.client.requests.items():
-            if req.topic != "relationships" or not final(self.answers.of(rid)):
-                continue
+        creates = [
+            (rid, req)
+            for rid, req in self.client.requests.items()
+            if req.topic == "relationships" and final(self.answers.of(rid))
+        ]
+
+        async def get(rid: str, req: Request) -> str | None:
             p = req.payload
             query = {"action": "get", "type": p["type"], "source": p["source"], "target": p["target"]}
             got = await self.ask("queries", req.namespace, {"request_id": f"get-{rid}", **query})
-            if got["status"] != "ok":
-                problems.append(f"the relationship {rid} created is missing: {got.get('error')}")
+            return (
+                None
+                if got["status"] == "ok"
+                else f"the relationship {rid} created is missing: {got.get('error')}"
+            )
+
+        problems += [p for p in await asyncio.gather(*(get(rid, req) for rid, req in creates)) if p]
         return problems
 
     async def pattern_problems(self) -> list[str]:
