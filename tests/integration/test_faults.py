@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -336,6 +337,10 @@ async def test_faults__redis_and_broker_sigkilled__nothing_lost_nothing_doubled(
     wire, worker, client = run.wire, run.worker, run.client
     await wire.start()
     producer: asyncio.Task[None] | None = None
+    # the test's own clients log every failed connection while the broker is down: expected here
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         worker.start()
         await wait_until_answering(wire, worker)
@@ -399,6 +404,7 @@ async def test_faults__redis_and_broker_sigkilled__nothing_lost_nothing_doubled(
             f"worker log {worker.log_path}\n" + "\n".join(problems[:30])
         )
     finally:
+        quiet.setLevel(level)
         if producer is not None and not producer.done():
             producer.cancel()
         await client.stop()
