@@ -15,11 +15,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from tests.integration.wire import Wire
+
+if TYPE_CHECKING:
+    from tests.integration.private_stack import PrivateStack
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / ".stack" / "logs"
@@ -265,6 +269,15 @@ async def wire(
 
 #: the table stores the restart, crash and multi-worker tests run on
 TABLE_STORES = ("memory://", "rocksdb://")
+
+
+@pytest.fixture
+async def private_stack(request: pytest.FixtureRequest) -> AsyncIterator[PrivateStack]:
+    """Kafka and Redis of the test's own, which it may kill (tests/integration/private_stack.py)."""
+    from tests.integration.private_stack import started_stack
+
+    async with started_stack(request.node.name[:40]) as stack:
+        yield stack
 
 
 @pytest.fixture
