@@ -111,6 +111,8 @@ from nexus_streams.topics import EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
 log = logging.getLogger(__name__)
 
 NAMESPACE_PATTERN = re.compile(NAMESPACE_REGEX.strip("^$"))
+#: outcomes that may change when the request is sent again (the README says to retry them)
+_NOT_FINAL = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.STORE_UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -834,8 +836,8 @@ class NamespaceService:
             now=self.clock(),
         )
         reply = Reply(msg, outbound, namespace=namespace, result=result)
-        if request_id is not None and exc.code is not ErrorCode.INTERNAL_ERROR and msg.spec is not QUERIES:
-            reply.remember = result  # a failure of ours is not remembered: a retry runs again
+        if request_id is not None and exc.code not in _NOT_FINAL and msg.spec is not QUERIES:
+            reply.remember = result  # ours or the store's is not remembered: a retry runs again
         return reply
 
     def _deadletter(self, msg: Received, code: str, reason: str) -> Reply:

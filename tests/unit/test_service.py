@@ -1985,3 +1985,18 @@ def test_service__client_duplicate__result_only(worker: Worker) -> None:
     [again] = worker.send(create(request_id="r-dup"))  # a new message with the same request id
     assert [o.spec for o in again.outbound] == [RESULTS]
     assert again.changes == []
+
+
+def test_service__execute_store_unavailable__not_remembered_a_retry_runs_again(worker: Worker) -> None:
+    from nexus_streams.domain.errors import StoreUnavailable
+
+    down = PatternLookup(error=StoreUnavailable("redis did not answer"))
+    failed = _execute(
+        worker, "x-down", "user_onboarding", down, input={"source": "user:d", "target": "wallet:d"}
+    )
+    assert result_of(failed)["error"]["code"] == "store_unavailable"
+    assert failed.remember is None and worker.log.get(NS, "x-down") is None
+    again = _execute(
+        worker, "x-down", "user_onboarding", _lookup(), input={"source": "user:d", "target": "wallet:d"}
+    )
+    assert result_of(again)["status"] == "ok"
