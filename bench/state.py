@@ -772,9 +772,19 @@ async def main_async(args: argparse.Namespace) -> int:
         await bench_two_workers(args, run_id, report)
     print()
     report.print()
-    misses = [r.name.strip() for r in report.rows if r.ok is False]
-    print("\nall goals met" if not misses else f"\ngoals missed: {', '.join(misses)}")
+    print("\nall goals met" if not misses(report) else f"\ngoals missed: {'; '.join(misses(report))}")
     return 0
+
+
+def misses(report: Report) -> list[str]:
+    """The rows that missed their goal, each after the first word of its section (the store)."""
+    found, section = [], ""
+    for row in report.rows:
+        if row.name.startswith("-- "):
+            section = row.name[3:].split(",")[0].split(":")[0]
+        elif row.ok is False:
+            found.append(f"{section}: {row.name.strip()}")
+    return found
 
 
 def iter_stores(text: str) -> list[str]:
