@@ -220,6 +220,7 @@ class Run:
         env = worker_env(self.args.bootstrap, self.args.redis_url, self.id, self.args.partitions)
         env["NEXUS_TABLE_STORE"] = self.store
         env["NEXUS_DATA_DIR"] = str(REPO / ".stack" / f"bench-data-{self.id}-{name}")
+        env.update(dict(item.split("=", 1) for item in self.args.worker_env))
         worker = Worker(f"{self.id}-{name}", env)
         self.workers.append(worker)
         return worker
@@ -762,6 +763,8 @@ async def main_async(args: argparse.Namespace) -> int:
     run_id = uuid.uuid4().hex[:10]
     report = Report()
     note(f"run {run_id}: topics bench-{run_id}-*, logs in {LOG_DIR}/bench-state-{run_id}-*.log")
+    if args.worker_env:
+        report.section(f"workers' environment also: {' '.join(args.worker_env)}")
     if args.quick:
         report.section(
             "--quick: small and short, goals scaled where the row says so: NOT the goals' measurement"
@@ -819,6 +822,13 @@ def main() -> None:
         "--kafka-log-dir",
         default=str(Path(os.environ.get("NEXUS_STACK_DIR", REPO / ".stack")) / "kafka" / "data"),
         help="the broker's log.dirs (changelog bytes); the local stack's by default",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra environment variable of every worker, e.g. NEXUS_GC_FREEZE=false",
     )
     parser.add_argument("--quick", action="store_true", help="a few minutes: small sizes, short phases")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics, keys and data dirs")
