@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -259,7 +259,11 @@ class Worker:
             self.env["NEXUS_DATA_DIR"] = str(REPO / ".stack" / fresh_data_dir)
         self.started = time.perf_counter()
         argv = [sys.executable, "-m", "nexus_streams", "worker"]
-        self.process = Process(argv, self.env, LOG_DIR / f"bench-state-{self.name}.log")
+        self.process = Process(argv, self.env, self.log_path)
+
+    @property
+    def log_path(self) -> Path:
+        return LOG_DIR / f"bench-state-{self.name}.log"
 
     @property
     def pid(self) -> int:
@@ -284,15 +288,22 @@ class Worker:
 
 
 async def first_answer(
-    run: Run, make: Callable[[], Request], since: float, deadline_s: float, every_s: float = 0.25
+    run: Run, worker: Worker, deadline_s: float, every_s: float = 0.25
 ) -> tuple[float, dict[str, Any]]:
-    """Seconds from `since` to the first ok answer of fresh requests sent every `every_s` (an
-    answer to an early one counts: it is the first the worker gave); TimeoutError after
-    `deadline_s`."""
+    """Seconds from `worker`'s process start to the first ok answer of fresh `stats` queries sent
+    every `every_s` (an answer to an early one counts: it is the first the worker gave);
+    TimeoutError after `deadline_s`, RuntimeError if the worker exits."""
     probes: list[Watched] = []
     end = time.perf_counter() + deadline_s
     next_send = 0.0
+    since = worker.started
+
+    def make() -> Request:
+        return run.stats(run.namespaces[0])
+
     while time.perf_counter() < end:
+        if not worker.alive():
+            raise RuntimeError(f"the worker exited; see {worker.log_path}")
         for seen in probes:
             if seen.first is not None and seen.value.get("status") == "ok":
                 return seen.first - since, seen.value
@@ -324,7 +335,7 @@ async def intact(run: Run) -> tuple[bool, str]:
 async def ready(run: Run, worker: Worker, deadline_s: float) -> float:
     """Start `worker`; seconds from its process start to its first ok answer."""
     worker.start()
-    seconds, _ = await first_answer(run, lambda: run.stats(run.namespaces[0]), worker.started, deadline_s)
+    seconds, _ = await first_answer(run, worker, deadline_s)
     return seconds
 
 
@@ -341,7 +352,7 @@ async def phase(report: Report, name: str, deadline_s: float, work: Awaitable[An
         async with asyncio.timeout(deadline_s):
             return await work
     except TimeoutError:
-        report.add(f"{name}: timed out", f"> {deadline_s:.0f} s", "within the deadline", False)
+        report.add(f"{name}: timed out", f"> {deadline_s:g} s", "within the deadline", False)
     except Exception as exc:  # the benchmark goes on with the next phase
         note(f"{name} failed: {exc!r}")
         report.add(f"{name}: failed", type(exc).__name__, str(exc)[:60], False)
@@ -502,7 +513,7 @@ async def restart(run: Run, report: Report, worker: Worker, cold: bool, deadline
     await asyncio.to_thread(worker.kill)
     fresh = f"bench-data-{run.id}-cold" if cold else None
     worker.start(fresh)
-    seconds, _ = await first_answer(run, lambda: run.stats(run.namespaces[0]), worker.started, deadline_s)
+    seconds, _ = await first_answer(run, worker, deadline_s)
     relationships = sum(run.expected.values())
     if cold:
         # the goal is at 1M; at a smaller size, the empty worker's start plus the rest of the
