@@ -250,10 +250,6 @@ class Worker:
         self.process: Process | None = None
         self.started = 0.0
 
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.env["NEXUS_DATA_DIR"])
-
     def start(self, fresh_data_dir: str | None = None) -> None:
         if fresh_data_dir is not None:
             self.env["NEXUS_DATA_DIR"] = str(REPO / ".stack" / fresh_data_dir)
