@@ -45,7 +45,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
-from executions import (  # bench/executions.py: the harness
+from harness import (  # bench/harness.py: what the benchmarks share
     LOG_DIR,
     MAX_BATCH,
     PRINCIPAL,
