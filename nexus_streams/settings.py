@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nexus_streams.domain.auth import AuthMode
 
 
 class Settings(BaseSettings):
@@ -99,6 +101,31 @@ class Settings(BaseSettings):
         description="comma-separated principals with the admin role (store/change/delete system patterns, "
         "change or delete anyone's pattern, execute every pattern)",
     )
+    auth: AuthMode = Field(
+        default=AuthMode.OFF,
+        description="off: the principal is the request's `principal` field (development); required: "
+        "a verified token in the `authorization` header, its `sub` the principal (docs/security.md)",
+    )
+    auth_jwks: str | None = Field(
+        default=None, description="path of a JWKS file: the public keys of RS256/ES256/EdDSA tokens"
+    )
+    auth_hs256_secret: SecretStr | None = Field(
+        default=None, description="shared secret (32 bytes at least) of HS256 tokens, for development"
+    )
+    auth_issuer: str | None = Field(default=None, description="when set, a token's `iss` must equal it")
+    auth_audience: str | None = Field(default=None, description="when set, a token's `aud` must include it")
+    auth_clock_skew_s: float = Field(
+        default=30.0, ge=0, le=600, description="how far `exp`, `nbf` and `iat` may be off"
+    )
+    rate_limit_per_s: float = Field(
+        default=0.0, ge=0, description="requests per second per principal and worker; 0: no limit"
+    )
+    rate_limit_burst: int = Field(
+        default=0, ge=0, description="requests a principal may send at once; 0: one second's worth"
+    )
+    token: SecretStr | None = Field(
+        default=None, description="the token the CLI and NexusClient send (`authorization: Bearer ...`)"
+    )
     redis_key_prefix: str = Field(default="nexus:", description="prefix of every Redis key of this service")
     redis_socket_timeout_s: float = Field(default=5.0, gt=0, description="per Redis command and connect")
     redis_retry_attempts: int = Field(
@@ -122,6 +149,11 @@ class Settings(BaseSettings):
         ge=1,
         description="how long the store remembers an execution id so its statistics count once",
     )
+
+    @field_validator("auth_jwks", "auth_hs256_secret", "auth_issuer", "auth_audience", "token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

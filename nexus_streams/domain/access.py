@@ -1,5 +1,6 @@
 """Who may do what with a pattern. Principals are the `principal` of each request; the admin role
-comes from settings (`NEXUS_ADMINS`, comma-separated).
+comes from settings (`NEXUS_ADMINS`, comma-separated), or, when authentication is required, from
+the `patterns:admin` scope of the request's token (`domain/auth.py`: `Grant.pattern_policy`).
 
 | operation | system pattern | user or composite pattern |
 |---|---|---|
@@ -39,6 +40,9 @@ class Role(StrEnum):
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
     admins: frozenset[str] = frozenset()
+    #: the scope that makes a principal an admin, named in a refusal's `details.missing_scope`
+    #: (None: admins are named in settings)
+    admin_scope: str | None = None
 
     @classmethod
     def of(cls, admins: Iterable[str]) -> AccessPolicy:
@@ -57,11 +61,11 @@ class AccessPolicy:
         if pattern.kind is PatternKind.SYSTEM or (
             existing is not None and existing.kind is PatternKind.SYSTEM
         ):
-            raise _forbidden(
+            raise self._forbidden(
                 principal, Operation.STORE, pattern.id, "only admins store or change system patterns"
             )
         if existing is not None and existing.metadata.owner != principal:
-            raise _forbidden(
+            raise self._forbidden(
                 principal,
                 Operation.STORE,
                 pattern.id,
@@ -74,11 +78,11 @@ class AccessPolicy:
         if self.is_admin(principal):
             return
         if existing.kind is PatternKind.SYSTEM:
-            raise _forbidden(
+            raise self._forbidden(
                 principal, operation, existing.id, f"only admins {operation.value} system patterns"
             )
         if existing.metadata.owner != principal:
-            raise _forbidden(
+            raise self._forbidden(
                 principal,
                 operation,
                 existing.id,
@@ -97,12 +101,24 @@ class AccessPolicy:
         if allowed is None or self.is_admin(principal) or principal == pattern.metadata.owner:
             return
         if principal not in allowed:
-            raise _forbidden(
+            raise self._forbidden(
                 principal,
                 Operation.EXECUTE,
                 pattern.id,
                 f"pattern {pattern.id!r} may be executed only by its owner, admins and: {', '.join(allowed)}",
             )
+
+    def _forbidden(self, principal: str, operation: Operation, pattern_id: str, why: str) -> Forbidden:
+        details: dict[str, str] = {"reason": "not_permitted"}
+        if self.admin_scope is not None:
+            details["missing_scope"] = self.admin_scope
+        return Forbidden(
+            f"{principal!r} may not {operation.value} pattern {pattern_id!r}: {why}",
+            principal=principal,
+            operation=operation.value,
+            pattern_id=pattern_id,
+            **details,
+        )
 
     def check_read(self, principal: str, pattern: Pattern) -> None:
         """Everyone may read every pattern; here so that a future rule has one place to go."""
@@ -123,12 +139,3 @@ class AccessPolicy:
         except Forbidden:
             return False
         return True
-
-
-def _forbidden(principal: str, operation: Operation, pattern_id: str, reason: str) -> Forbidden:
-    return Forbidden(
-        f"{principal!r} may not {operation.value} pattern {pattern_id!r}: {reason}",
-        principal=principal,
-        operation=operation.value,
-        pattern_id=pattern_id,
-    )

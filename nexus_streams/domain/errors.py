@@ -45,8 +45,12 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     #: a size, count or depth limit was reached
     RESOURCE_LIMIT = "resource_limit"
-    #: the principal may not do this
+    #: the principal may not do this (`details.missing_scope`: the scope it would need)
     FORBIDDEN = "forbidden"
+    #: authentication is required and the message has no valid token (`details.reason` says why)
+    UNAUTHENTICATED = "unauthenticated"
+    #: the principal sent more than its rate limit; `details.retry_after_s` says when to try again
+    RATE_LIMITED = "rate_limited"
     #: a pattern execution failed for another reason
     EXECUTION_ERROR = "execution_error"
     #: the service failed; the request may be retried
@@ -144,6 +148,14 @@ class ResourceLimit(NexusError):
 
 class Forbidden(NexusError):
     code = ErrorCode.FORBIDDEN
+
+
+class Unauthenticated(NexusError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class RateLimited(NexusError):
+    code = ErrorCode.RATE_LIMITED
 
 
 class DependencyError(NexusError):

@@ -72,7 +72,12 @@ def test_store(name: str, principal: str, stored: Pattern, existing: Pattern | N
         with pytest.raises(Forbidden) as info:
             POLICY.check_store(principal, stored, existing)
         assert info.value.code is ErrorCode.FORBIDDEN
-        assert info.value.details == {"principal": principal, "operation": "store", "pattern_id": "p"}
+        assert info.value.details == {
+            "principal": principal,
+            "operation": "store",
+            "pattern_id": "p",
+            "reason": "not_permitted",
+        }
 
 
 CHANGE_CASES: list[tuple[str, Pattern, bool]] = [
