@@ -25,11 +25,13 @@ from typing import Any
 from faust.sensors import Sensor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from nexus_streams.domain.auth import DenialReason
 from nexus_streams.domain.errors import ErrorCode
 from nexus_streams.domain.graph import Graph, Put
 from nexus_streams.domain.index import CANONICAL_TYPES
 from nexus_streams.executions import ExecutionStats
-from nexus_streams.messages import PATTERN_ACTIONS, QUERY_ACTIONS, RELATIONSHIP_ACTIONS
+from nexus_streams.messages import PATTERN_ACTIONS, QUERY_ACTIONS, RELATIONSHIP_ACTIONS, ErrorBody
+from nexus_streams.replies import ACCESS_DENIED_CODES, denial_reason
 from nexus_streams.service import Reply
 from nexus_streams.store.redis import Durability
 from nexus_streams.topics import DEADLETTER, EXECUTIONS, PATTERNS, QUERIES, RELATIONSHIPS, TopicSpec
@@ -43,6 +45,8 @@ KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 #: the topics the agents consume (lag and assignment are exported for these)
 INPUT_TOPICS = (RELATIONSHIPS, QUERIES, EXECUTIONS, PATTERNS)
 DEADLETTER_REASONS = KNOWN_CODES | {"undecodable", "invalid_key"}
+DENIAL_REASONS = frozenset(reason.value for reason in DenialReason)
+DENIAL_CODES = frozenset(code.value for code in ACCESS_DENIED_CODES)
 STEP_STATUSES = frozenset(
     {"pending", "waiting_retry", "completed", "failed", "skipped", "compensated", "rolled_back"}
 )
@@ -117,6 +121,12 @@ class Metrics:
             "nexus_deadletters",
             "Messages sent to the dead-letter topic, by reason",
             ["topic", "reason"],
+            registry=r,
+        )
+        self.access_denied = Counter(
+            "nexus_access_denied",
+            "Requests refused: unauthenticated, forbidden or rate_limited, by reason (docs/security.md)",
+            ["reason"],
             registry=r,
         )
         self.latency = Histogram(
@@ -306,6 +316,8 @@ class Metrics:
                 self.deadletters.labels(spec.name, reason)
             for code in ("internal_error", "store_unavailable"):
                 self.errors.labels(spec.name, code)
+        for reason in DENIAL_REASONS:
+            self.access_denied.labels(reason)
 
     # -- driven by the agents ------------------------------------------------------------------
 
@@ -331,6 +343,7 @@ class Metrics:
             if result.error is not None:
                 code = result.error.code if result.error.code in KNOWN_CODES else "other"
                 self.errors.labels(spec.name, code).inc()
+                self._count_denial(result.error)
             output = result.output or {}
             snapshot = output.get("snapshot")
             if isinstance(snapshot, dict) and isinstance(snapshot.get("age_ms"), int | float):
@@ -349,6 +362,11 @@ class Metrics:
             if out.spec is DEADLETTER:
                 reason = out.headers.get(H.ERROR_CODE.value, b"other").decode()
                 self.deadletters.labels(spec.name, reason if reason in DEADLETTER_REASONS else "other").inc()
+
+    def _count_denial(self, error: ErrorBody) -> None:
+        if error.code in DENIAL_CODES:
+            reason = denial_reason(error)
+            self.access_denied.labels(reason if reason in DENIAL_REASONS else "other").inc()
 
     # -- driven by the maintenance timer -------------------------------------------------------
 

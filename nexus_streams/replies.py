@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from nexus_streams.codec import Undecodable, decode_object, encode, request_id_of
 from nexus_streams.domain.errors import ErrorCode, InternalError, NexusError
@@ -22,6 +24,8 @@ class Received:
     key: bytes | None
     value: bytes | None
     token: object = None
+    #: the Kafka headers, as (name, value) pairs
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,51 @@ def deadletter_message(msg: Received, code: str, reason: str) -> Outbound:
     return Outbound(DEADLETTER, msg.key, msg.value or b"", headers)
 
 
+#: the refusals that also produce an `access_denied` event (abuse monitoring, docs/security.md)
+ACCESS_DENIED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED})
+ACCESS_DENIED = "access_denied"
+
+
+def denial_reason(error: NexusError | ErrorBody) -> str:
+    """The `reason` of a refusal: its `details.reason`, else what its code implies."""
+    reason = error.details.get("reason")
+    if isinstance(reason, str):
+        return reason
+    code = error.code.value if isinstance(error, NexusError) else error.code
+    return {"unauthenticated": "malformed_token", "rate_limited": "rate_limited"}.get(code, "not_permitted")
+
+
+def access_denied_event(
+    body: ErrorBody,
+    *,
+    namespace: str | None,
+    request_id: str | None,
+    principal: str | None,
+    action: str | None,
+    pattern_id: str | None,
+    source: SourceRef,
+    now: datetime,
+) -> Event:
+    """Who was refused what, and why: `principal` is the verified one (null when the request was
+    not authenticated; the field it claimed is in `error.details.claimed_principal`)."""
+    data: dict[str, Any] = {
+        "action": action,
+        "reason": denial_reason(body),
+        "code": body.code,
+        "source": source.model_dump(),
+    }
+    return Event(
+        type=ACCESS_DENIED,
+        namespace=namespace,
+        occurred_at=now,
+        pattern_id=pattern_id,
+        request_id=request_id,
+        principal=principal,
+        error=body,
+        data=data,
+    )
+
+
 def failure(
     msg: Received,
     exc: NexusError,
@@ -109,7 +158,8 @@ def failure(
     offset: int | None,
     now: datetime,
 ) -> tuple[Result, list[Outbound]]:
-    """A refused or failed request: its error result, the `error` event, and the message itself in
+    """A refused or failed request: its error result, the `error` event (and an `access_denied`
+    event when it was refused: unauthenticated, forbidden, rate_limited), and the message itself in
     the dead-letter topic when it has no request_id (nobody can await its result) or when the
     service failed on it (an operator looks at it, and can redrive it)."""
     source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
@@ -138,6 +188,18 @@ def failure(
         data={"action": action, "source": source.model_dump()},
     )
     outbound = [result_message(result), event_message(event)]
+    if exc.code in ACCESS_DENIED_CODES:
+        denied = access_denied_event(
+            body,
+            namespace=namespace,
+            request_id=request_id,
+            principal=principal,
+            action=action,
+            pattern_id=pattern_id,
+            source=source,
+            now=now,
+        )
+        outbound.append(event_message(denied))
     if request_id is None or exc.code is ErrorCode.INTERNAL_ERROR:
         outbound.append(deadletter_message(msg, exc.code.value, exc.reason))
     return result, outbound

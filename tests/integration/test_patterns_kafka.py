@@ -116,9 +116,12 @@ async def test_access__owner_admin_and_system_patterns(wire: Wire, store: RedisP
     assert (await store_pattern(wire, pattern(pattern_id), principal="alice"))["status"] == "ok"
     denied = await store_pattern(wire, pattern(pattern_id, description="bob's"), principal="bob")
     assert denied["error"]["code"] == "forbidden"
-    [event] = await wire.events(denied["request_id"])
+    event, access_denied = await wire.events(denied["request_id"], count=2)
     assert event["type"] == "error"
     assert event["error"]["code"] == "forbidden"
+    assert access_denied["type"] == "access_denied"
+    assert access_denied["principal"] == "bob"
+    assert access_denied["data"]["reason"] == "not_permitted"
     assert (await store_pattern(wire, pattern(pattern_id, description="admin's"), principal="admin"))[
         "status"
     ] == "ok"

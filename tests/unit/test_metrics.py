@@ -178,6 +178,51 @@ def test_failure_counters__start_at_zero_for_the_alerts() -> None:
     assert value(m, "nexus_deadletters_total", topic="relationships", reason="undecodable") == 0
     assert value(m, "nexus_deadletters_total", topic="patterns", reason="undecodable") == 0
     assert value(m, "nexus_errors_total", topic="executions", code="store_unavailable") == 0
+    assert value(m, "nexus_access_denied_total", reason="bad_signature") == 0
+    assert value(m, "nexus_access_denied_total", reason="missing_scope") == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "reason"),
+    [
+        ("unauthenticated", {"reason": "expired"}, "expired"),
+        ("forbidden", {"reason": "missing_scope", "missing_scope": "queries:read:ns"}, "missing_scope"),
+        ("forbidden", {}, "not_permitted"),
+        ("rate_limited", {"reason": "rate_limited", "retry_after_s": 1.0}, "rate_limited"),
+        ("unauthenticated", {"reason": "a-client-made-this-up"}, "other"),
+    ],
+)
+def test_observe__refusals_count_by_reason(code: str, details: dict[str, Any], reason: str) -> None:
+    m = Metrics()
+    result = Result.model_validate(
+        {
+            "request_id": "x",
+            "namespace": "ns",
+            "action": "create",
+            "status": "error",
+            "error": {"code": code, "message": "no", "details": details},
+            "processed_at": NOW,
+        }
+    )
+    m.observe(RELATIONSHIPS, Reply(None, result=result), 0.001)
+    assert value(m, "nexus_access_denied_total", reason=reason) == 1
+    assert value(m, "nexus_errors_total", topic="relationships", code=code) == 1
+
+
+def test_observe__other_errors_are_no_refusal() -> None:
+    m = Metrics()
+    result = Result.model_validate(
+        {
+            "request_id": "x",
+            "namespace": "ns",
+            "action": "get",
+            "status": "error",
+            "error": {"code": "not_found", "message": "no"},
+            "processed_at": NOW,
+        }
+    )
+    m.observe(QUERIES, Reply(None, result=result), 0.001)
+    assert sum(samples(m, "nexus_access_denied_total").values()) == 0
 
 
 # -- graphs ------------------------------------------------------------------------------------

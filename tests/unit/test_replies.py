@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nexus_streams.domain.errors import InternalError, NotFound
+from nexus_streams.domain.errors import Forbidden, InternalError, NotFound, RateLimited, Unauthenticated
 from nexus_streams.messages import Event, Result
 from nexus_streams.replies import (
     MAX_ERROR_MESSAGE,
@@ -184,3 +184,64 @@ def test_event_message__over_the_limit__envelope_kept_data_omitted() -> None:
     assert data["type"] == "pattern_executed" and data["pattern_id"] == "p"
     assert "limit" in data["data"]["omitted"]
     assert headers(out)[Header.EVENT_TYPE.value] == "pattern_executed"
+
+
+# -- refusals: the access_denied event ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (Unauthenticated("no token", reason="missing_token"), "missing_token"),
+        (
+            Forbidden("lacks a scope", reason="missing_scope", missing_scope="queries:read:ns-1"),
+            "missing_scope",
+        ),
+        (Forbidden("not the owner"), "not_permitted"),
+        (RateLimited("slow down", reason="rate_limited", retry_after_s=0.5), "rate_limited"),
+    ],
+)
+def test_failure__a_refusal__also_publishes_access_denied(exc: Any, reason: str) -> None:
+    msg = received(b'{"request_id": "r-1", "action": "create"}')
+    result, outbound = failure(
+        msg,
+        exc,
+        namespace="ns-1",
+        request_id="r-1",
+        principal="alice",
+        action="create",
+        pattern_id=None,
+        offset=41,
+        now=NOW,
+    )
+    events = [json.loads(o.value) for o in by_topic(outbound)["events"]]
+    assert [e["type"] for e in events] == ["error", "access_denied"]
+    denied = events[1]
+    assert denied["principal"] == "alice"
+    assert denied["namespace"] == "ns-1"
+    assert denied["request_id"] == "r-1"
+    assert denied["error"]["code"] == exc.code.value
+    assert denied["data"] == {
+        "action": "create",
+        "reason": reason,
+        "code": exc.code.value,
+        "source": {"topic": "nexus.relationships", "partition": 2, "offset": 41},
+    }
+    assert headers(by_topic(outbound)["events"][1])[Header.EVENT_TYPE.value] == "access_denied"
+    assert result.error is not None and result.error.code == exc.code.value
+    assert "deadletter" not in by_topic(outbound)
+
+
+def test_failure__other_errors__no_access_denied() -> None:
+    _, outbound = failure(
+        received(b"{}"),
+        NotFound("no such relationship"),
+        namespace="ns-1",
+        request_id="r-1",
+        principal="alice",
+        action="get",
+        pattern_id=None,
+        offset=None,
+        now=NOW,
+    )
+    assert [json.loads(o.value)["type"] for o in by_topic(outbound)["events"]] == ["error"]
