@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from nexus_streams.domain.access import AccessPolicy
+from nexus_streams.domain.auth import Grant
 from nexus_streams.domain.errors import NexusError, NotFound
 from nexus_streams.domain.execution import (
     Execution,
@@ -79,10 +80,15 @@ class Ran:
 
 
 class PatternLookup:
-    """Patterns fetched (asynchronously) before the message is handled; the engine reads them."""
+    """Patterns fetched (asynchronously) before the message is handled; the engine reads them.
+    `grant`: what the message's verified token grants (None: authentication is off), which
+    decides who may execute them and what their steps may do."""
 
-    def __init__(self, patterns: Iterable[Pattern] = (), error: NexusError | None = None) -> None:
+    def __init__(
+        self, patterns: Iterable[Pattern] = (), error: NexusError | None = None, grant: Grant | None = None
+    ) -> None:
         self.error = error
+        self.grant = grant
         self.by_version: dict[tuple[str, int], Pattern] = {}
         self.latest: dict[str, Pattern] = {}
         for pattern in patterns:
@@ -142,7 +148,10 @@ class Executions:
         if (namespace, request.request_id) in self.waiting:
             return None
         pattern = self.lookup.get(request.pattern_id, request.version)
-        self.policy.check_execute(request.principal, pattern)
+        grant = self.lookup.grant
+        (self.policy if grant is None else grant.pattern_policy()).check_execute(request.principal, pattern)
+        if grant is not None:  # the steps run with the executor's rights
+            grant.require_steps(pattern, namespace, self.lookup.get)
         execution = self.engine.start(
             pattern,
             request.input,

@@ -27,6 +27,7 @@ from nexus_streams.codec import (
     short,
 )
 from nexus_streams.domain.access import AccessPolicy
+from nexus_streams.domain.auth import Grant
 from nexus_streams.domain.errors import (
     ErrorCode,
     InternalError,
@@ -78,7 +79,10 @@ class PatternRegistry:
         self.clock = clock
         self.max_nesting_depth = max_nesting_depth
 
-    async def handle(self, msg: Received) -> Reply:
+    async def handle(self, msg: Received, grant: Grant | None = None) -> Reply:
+        """`grant`: what the message's verified token grants (None: authentication is off, and
+        the admins are those of `policy`)."""
+        policy = self.policy if grant is None else grant.pattern_policy()
         try:
             data = decode_object(msg.value)
         except Undecodable as exc:
@@ -94,7 +98,7 @@ class PatternRegistry:
         try:
             check_nesting(data, self.max_nesting_depth)
             command = self._parse(data)
-            output, events, pattern_id = await self._run(command, key)
+            output, events, pattern_id = await self._run(command, key, policy)
         except NexusError as exc:
             return self._error(msg, request_id, principal, action, key or _document_id(data), exc)
         except Exception as exc:  # a bug must not kill the agent: answer and log it
@@ -119,26 +123,26 @@ class PatternRegistry:
         return command
 
     async def _run(
-        self, command: StorePattern | DeprecatePattern | DeletePattern, key: str | None
+        self, command: StorePattern | DeprecatePattern | DeletePattern, key: str | None, policy: AccessPolicy
     ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any], int | None]], str]:
         if isinstance(command, StorePattern):
-            return await self._store(command, key)
+            return await self._store(command, key, policy)
         pattern_id = _same_id(key, command.pattern_id)
         existing = await self.store.get(pattern_id)
         if isinstance(command, DeprecatePattern):
-            self.policy.check_deprecate(command.principal, existing)
+            policy.check_deprecate(command.principal, existing)
             pattern = await self.store.deprecate(pattern_id)
             self.cache.invalidate(pattern_id)
             output = {"pattern_id": pattern_id, "version": pattern.version, "deprecated": True}
             return output, [("pattern_deprecated", output, pattern.version)], pattern_id
-        self.policy.check_delete(command.principal, existing)
+        policy.check_delete(command.principal, existing)
         removed = await self.store.delete(pattern_id)
         self.cache.invalidate(pattern_id)
         output = {"pattern_id": pattern_id, "versions_deleted": removed}
         return output, [("pattern_deleted", output, None)], pattern_id
 
     async def _store(
-        self, command: StorePattern, key: str | None
+        self, command: StorePattern, key: str | None, policy: AccessPolicy
     ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any], int | None]], str]:
         document = command.pattern
         pattern_id = _same_id(key, document.get("id") if isinstance(document.get("id"), str) else None)
@@ -152,7 +156,7 @@ class PatternRegistry:
             existing = await self.store.get(pattern.id)
         except NotFound:
             existing = None
-        self.policy.check_store(command.principal, pattern, existing)
+        policy.check_store(command.principal, pattern, existing)
         stored = await self.store.put(pattern, command.principal)
         self.cache.invalidate(pattern.id)
         output: dict[str, Any] = {

@@ -126,7 +126,7 @@ def access_denied_event(
     source: SourceRef,
     now: datetime,
 ) -> Event:
-    """Who was refused what, and why: `principal` is the verified one (null when the request was
+    """Who was refused what, and why: `principal` is the verified one (none when the request was
     not authenticated; the field it claimed is in `error.details.claimed_principal`)."""
     data: dict[str, Any] = {
         "action": action,

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust import stores as faust_stores
 from faust.types import TP, EventT
 
+from nexus_streams.auth import Gate
 from nexus_streams.codec import Undecodable, decode_object
 from nexus_streams.diagnostics import install_task_dump
 from nexus_streams.domain.access import AccessPolicy
@@ -158,6 +159,8 @@ class NamespaceActor:
         #: when the maintenance loop last looked for the system patterns in the store
         self._system_checked = time.monotonic()
         self.policy = AccessPolicy.of(settings.admin_principals())
+        #: who may send what: every input message passes it first (nexus_streams/auth.py)
+        self.gate = Gate.from_settings(settings)
         #: waiting executions whose resume was sent, and when (so it is not sent every tick)
         self._resume_sent: dict[tuple[str, str], float] = {}
         self.topics: dict[TopicSpec, faust.TopicT] = {
@@ -497,13 +500,22 @@ class NamespaceActor:
             key=msg.key,
             value=msg.value,
             token=token,
+            headers=msg.headers or (),
         )
         journaled = self.journal.replay(msg.topic, msg.partition, msg.offset)
         if journaled is not None:  # applied before a crash: publish what it published then
             await self.complete(Reply(received, journaled, replayed=True), started, seal=False)
             return
-        patterns = await self.prefetch(received) if spec is EXECUTIONS else None
-        replies = self.service.handle(received, patterns)
+        admission = self.gate.admit(received)
+        if admission.denied is not None:  # refused (docs/security.md): answered, no effect
+            replies = [admission.denied]
+            if spec is RELATIONSHIPS:
+                self.service.load_progress(received.partition, received.offset)
+        else:
+            patterns = await self.prefetch(received) if spec is EXECUTIONS else None
+            if patterns is not None:
+                patterns.grant = admission.grant
+            replies = self.service.handle(received, patterns)
         for reply in replies:
             await self.dispatch(reply, started, seal=False)
         if spec is RELATIONSHIPS:
@@ -717,9 +729,11 @@ class PatternActor:
 
     async def handle_event(self, event: EventT[bytes], msg: Any) -> None:
         started = time.perf_counter()
-        reply = await self.registry.handle(
-            Received(PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event)
+        received = Received(
+            PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, event, msg.headers or ()
         )
+        admission = self.namespaces.gate.admit(received)
+        reply = admission.denied or await self.registry.handle(received, admission.grant)
         if reply.remembered is not None:
             self.request_log.put(reply.remembered)
         await self.namespaces._finish(reply, started)
