@@ -169,11 +169,6 @@ def authorization_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
         ) from None
 
 
-def authorization_header(token: str) -> tuple[str, bytes]:
-    """The header a producer sends its token in."""
-    return (AUTHORIZATION_HEADER, f"Bearer {token}".encode())
-
-
 # -- from settings -----------------------------------------------------------------------------
 
 

@@ -8,12 +8,15 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from nexus_streams.settings import Settings
+
+if TYPE_CHECKING:
+    from nexus_streams.client import NexusClient
 
 T = TypeVar("T")
 
@@ -22,6 +25,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+#: the token the request commands send; NEXUS_TOKEN when not given
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", help="a token to send (`authorization: Bearer ...`); default: NEXUS_TOKEN"),
+]
 
 
 def output_console() -> Console:
@@ -94,26 +102,60 @@ def send(
     command: Annotated[str, typer.Argument(help="the command as a JSON object")],
     key: Annotated[str, typer.Option(help="namespace (or pattern id for patterns)")] = "default",
     timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 30.0,
+    token: TokenOption = None,
 ) -> None:
-    """Send one command and print its result (a request_id is added when missing)."""
-    from nexus_streams.client import NexusClient
-
+    """Send one command and print its result (a request_id is added when missing, and the
+    principal: the token's subject, else `cli`)."""
     try:
         payload = json.loads(command)
     except json.JSONDecodeError as exc:
         console.print(f"[red]the command is not JSON: {exc}[/red]")
         raise typer.Exit(2) from None
     payload.setdefault("request_id", f"cli-{uuid.uuid4()}")
-    payload.setdefault("principal", "cli")
 
     async def run() -> dict[str, object]:
-        async with NexusClient(Settings()) as client:
+        async with _client(token) as client:
             return await client.request(topic, key, payload, timeout_s=timeout)
 
     result = run_async(run())
     print(json.dumps(result, indent=2))
     if result.get("status") != "ok":
         raise typer.Exit(1)
+
+
+def _client(token: str | None, principal: str | None = None) -> NexusClient:
+    """A NexusClient sending `token` (else NEXUS_TOKEN); requests name `principal`, else the
+    token's subject, else `cli`."""
+    from nexus_streams.client import NexusClient
+    from nexus_streams.domain.auth import token_subject
+
+    settings = Settings()
+    sent = token or (settings.token.get_secret_value() if settings.token else None)
+    return NexusClient(
+        settings, token=sent, principal=principal or (token_subject(sent) if sent else None) or "cli"
+    )
+
+
+@app.command()
+def token(
+    sub: Annotated[str, typer.Option(help="the principal the token is for (its `sub`)")],
+    scope: Annotated[
+        str,
+        typer.Option(help='space-separated scopes, e.g. "relationships:write:alice queries:read:alice"'),
+    ] = "",
+    ttl: Annotated[str, typer.Option(help="how long it is valid: 90, 45s, 30m, 1h, 7d")] = "1h",
+) -> None:
+    """Print a development token signed with NEXUS_AUTH_HS256_SECRET (with NEXUS_AUTH_ISSUER and
+    NEXUS_AUTH_AUDIENCE, when set). Use it as `--token` or NEXUS_TOKEN; see docs/security.md."""
+    import time
+
+    from nexus_streams.auth import development_token, parse_ttl
+
+    try:
+        print(development_token(Settings(), sub, scope, parse_ttl(ttl), now=time.time()))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 patterns_app = typer.Typer(help="Store and inspect patterns.", pretty_exceptions_enable=False)
@@ -137,11 +179,14 @@ async def _with_store(call: Callable[[Any], Awaitable[T]]) -> T:
 @patterns_app.command("push")
 def patterns_push(
     file: Annotated[Path, typer.Argument(help="a pattern document, YAML or JSON", exists=True)],
-    principal: Annotated[str, typer.Option(help="who stores it (its owner if new)")] = "cli",
+    principal: Annotated[
+        str | None,
+        typer.Option(help="who stores it (its owner if new); default: the token's subject, else cli"),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 30.0,
+    token: TokenOption = None,
 ) -> None:
     """Store a pattern through the patterns topic; print the result (exit 1 on an error)."""
-    from nexus_streams.client import NexusClient
     from nexus_streams.domain.errors import NexusError
     from nexus_streams.domain.patterns import load_document
 
@@ -151,15 +196,10 @@ def patterns_push(
         console.print(f"[red]error:[/red] {file}: {exc.message}")
         raise typer.Exit(2) from None
     pattern_id = str(document.get("id") or "")
-    command = {
-        "request_id": f"cli-{uuid.uuid4()}",
-        "principal": principal,
-        "action": "store",
-        "pattern": document,
-    }
+    command = {"request_id": f"cli-{uuid.uuid4()}", "action": "store", "pattern": document}
 
     async def run() -> dict[str, Any]:
-        async with NexusClient(Settings()) as client:
+        async with _client(token, principal) as client:
             return await client.request("patterns", pattern_id, command, timeout_s=timeout)
 
     result = run_async(run())
@@ -217,12 +257,15 @@ def execute(
     input_json: Annotated[str, typer.Option("--input", help="the execution input, a JSON object")] = "{}",
     namespace: Annotated[str, typer.Option(help="the namespace it runs in")] = "default",
     version: Annotated[int | None, typer.Option(help="a pinned version; the latest when absent")] = None,
-    principal: Annotated[str, typer.Option(help="who executes")] = "cli",
+    principal: Annotated[
+        str | None, typer.Option(help="who executes; default: the token's subject, else cli")
+    ] = None,
     step_events: Annotated[bool, typer.Option(help="publish step_completed/failed/retried")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 60.0,
+    token: TokenOption = None,
 ) -> None:
     """Execute a pattern and print its result (exit 1 if the execution failed)."""
-    from nexus_streams.client import NexusClient, NexusRequestError
+    from nexus_streams.client import NexusRequestError
 
     try:
         data = json.loads(input_json)
@@ -231,14 +274,13 @@ def execute(
         raise typer.Exit(2) from None
 
     async def run() -> dict[str, Any]:
-        async with NexusClient(Settings()) as client:
+        async with _client(token, principal) as client:
             try:
                 return await client.execute_pattern(
                     pattern_id,
                     data,
                     namespace=namespace,
                     version=version,
-                    principal=principal,
                     step_events=step_events,
                     timeout_s=timeout,
                 )
@@ -281,16 +323,15 @@ def stats(
     namespace: Annotated[str, typer.Option(help="the namespace whose graph is shown")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the graph statistics")] = 30.0,
+    token: TokenOption = None,
 ) -> None:
     """Graph statistics of a namespace (a `stats` query to the worker) and execution statistics of
     every pattern (from the pattern store), as tables."""
     from rich.table import Table
 
-    from nexus_streams.client import NexusClient
-
     async def graph() -> dict[str, Any]:
-        async with NexusClient(Settings()) as client:
-            query = {"request_id": f"cli-{uuid.uuid4()}", "principal": "cli", "action": "stats"}
+        async with _client(token) as client:
+            query = {"request_id": f"cli-{uuid.uuid4()}", "action": "stats"}
             return await client.request("queries", namespace, query, timeout_s=timeout)
 
     async def patterns(store: Any) -> list[tuple[Any, Any]]:

@@ -1,7 +1,7 @@
 """Async client on aiokafka, mirroring the spec's integration API: store a pattern, execute it
 and await its result, follow the events of a pattern::
 
-    async with NexusClient(Settings()) as nexus:
+    async with NexusClient(Settings()) as nexus:  # with NEXUS_TOKEN's token, if set
         await nexus.store_pattern(document)
         result = await nexus.execute_pattern("user_onboarding", {"source": "user:1", "target": "wallet:1"})
         async for event in nexus.subscribe_events("user_onboarding"):
@@ -21,15 +21,25 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from nexus_streams.domain.auth import authorization_header, token_subject
 from nexus_streams.settings import Settings
 from nexus_streams.topics import EVENTS, RESULTS, Header
 
 
 class NexusClient:
-    """Produces to the inbound topics, reads results and events from their current end."""
+    """Produces to the inbound topics, reads results and events from their current end.
 
-    def __init__(self, settings: Settings) -> None:
+    `token` (else NEXUS_TOKEN) goes with every message, in the header `authorization: Bearer
+    <token>`; requests name the token's subject as their `principal` unless told otherwise."""
+
+    def __init__(self, settings: Settings, *, token: str | None = None, principal: str | None = None) -> None:
         self.settings = settings
+        if token is None and settings.token is not None:
+            token = settings.token.get_secret_value()
+        self.token = token or None
+        self._headers = [authorization_header(self.token)] if self.token else None
+        #: the `principal` of requests that do not name one
+        self.principal = principal or (token_subject(self.token) if self.token else None) or "client"
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -86,13 +96,15 @@ class NexusClient:
 
     async def send(self, topic: str, key: str, payload: dict[str, Any]) -> None:
         await self._producer.send_and_wait(
-            self.settings.topic(topic), json.dumps(payload).encode(), key=key.encode()
+            self.settings.topic(topic), json.dumps(payload).encode(), key=key.encode(), headers=self._headers
         )
 
     async def request(
         self, topic: str, key: str, payload: dict[str, Any], timeout_s: float = 30.0
     ) -> dict[str, Any]:
-        """Send a command and wait for the result with its request_id."""
+        """Send a command and wait for the result with its request_id (its `principal` is the
+        client's when it names none)."""
+        payload = {"principal": self.principal, **payload}
         request_id = payload["request_id"]
         future = self._results.setdefault(request_id, asyncio.get_running_loop().create_future())
         await self.send(topic, key, payload)
@@ -102,11 +114,16 @@ class NexusClient:
             self._results.pop(request_id, None)
 
     async def store_pattern(
-        self, pattern: dict[str, Any], *, principal: str = "client", timeout_s: float = 30.0
+        self, pattern: dict[str, Any], *, principal: str | None = None, timeout_s: float = 30.0
     ) -> dict[str, Any]:
         """Store a pattern document; returns the result (`output.version`, `output.created`).
         Raises `NexusRequestError` on an error result."""
-        payload = {"request_id": _new_id(), "principal": principal, "action": "store", "pattern": pattern}
+        payload = {
+            "request_id": _new_id(),
+            "principal": principal or self.principal,
+            "action": "store",
+            "pattern": pattern,
+        }
         return _checked(await self.request("patterns", str(pattern.get("id", "")), payload, timeout_s))
 
     async def execute_pattern(
@@ -116,7 +133,7 @@ class NexusClient:
         *,
         namespace: str = "default",
         version: int | None = None,
-        principal: str = "client",
+        principal: str | None = None,
         request_id: str | None = None,
         timeout_ms: int | None = None,
         step_events: bool = False,
@@ -127,7 +144,7 @@ class NexusClient:
         `request_id` is safe: no second effect, the same result."""
         payload: dict[str, Any] = {
             "request_id": request_id or _new_id(),
-            "principal": principal,
+            "principal": principal or self.principal,
             "pattern_id": pattern_id,
             "input": input,
             "step_events": step_events,

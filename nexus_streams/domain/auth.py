@@ -310,6 +310,11 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
+def authorization_header(token: str) -> tuple[str, bytes]:
+    """The Kafka header a producer sends its token in."""
+    return (AUTHORIZATION_HEADER, f"Bearer {token}".encode())
+
+
 def _unauthenticated(reason: DenialReason, message: str, **details: Any) -> Unauthenticated:
     return Unauthenticated(f"unauthenticated: {message}", reason=reason.value, **details)
 

@@ -11,16 +11,9 @@ from typing import Any
 import jwt
 import pytest
 
-from nexus_streams.auth import (
-    ADMITTED,
-    Gate,
-    authorization_header,
-    development_token,
-    parse_ttl,
-    verifier_from,
-)
+from nexus_streams.auth import ADMITTED, Gate, development_token, parse_ttl, verifier_from
 from nexus_streams.domain.access import AccessPolicy
-from nexus_streams.domain.auth import AuthMode, Grant, RateLimiter, Scopes, Verifier
+from nexus_streams.domain.auth import AuthMode, Grant, RateLimiter, Scopes, Verifier, authorization_header
 from nexus_streams.domain.graph import MemoryRecords
 from nexus_streams.executions import PatternLookup
 from nexus_streams.pattern_registry import PatternRegistry
