@@ -280,7 +280,7 @@ def authorize(
     if claimed is not None and claimed != grant.principal:
         raise Forbidden(
             f"the request's principal {claimed[:MAX_PRINCIPAL]!r} is not the token's subject "
-            f"{grant.principal!r}: leave the field out or make them equal",
+            f"{grant.principal!r}: send the token of the principal you name",
             reason=DenialReason.PRINCIPAL_MISMATCH.value,
             principal=grant.principal,
             claimed_principal=claimed[:MAX_PRINCIPAL],
