@@ -72,19 +72,29 @@ class Wire:
                 self.records[name].append(record)
                 self._arrived.notify_all()
 
-    async def send(self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]) -> int:
+    async def send(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | dict[str, Any],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> int:
         """Produce one message; return its offset."""
-        return (await self.send_located(topic, key, value))[1]
+        return (await self.send_located(topic, key, value, headers))[1]
 
     async def send_located(
-        self, topic: str, key: str | bytes | None, value: bytes | dict[str, Any]
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | dict[str, Any],
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> tuple[int, int]:
-        """Produce one message; return its partition and offset."""
+        """Produce one message (with Kafka `headers`); return its partition and offset."""
         if isinstance(value, dict):
             value = json.dumps(value).encode()
         if isinstance(key, str):
             key = key.encode()
-        metadata = await self.producer.send_and_wait(self.topic(topic), value, key=key)
+        metadata = await self.producer.send_and_wait(self.topic(topic), value, key=key, headers=headers)
         return metadata.partition, metadata.offset
 
     def dead_letters(self, topic: str, partition: int, offset: int) -> list[Record]:
@@ -136,11 +146,16 @@ class Wire:
         return copies[0]
 
     async def request(
-        self, topic: str, key: str, payload: dict[str, Any], timeout_s: float = 30.0
+        self,
+        topic: str,
+        key: str,
+        payload: dict[str, Any],
+        timeout_s: float = 30.0,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> dict[str, Any]:
         """Send a command (a request_id and principal are added when missing); await its result."""
         payload = {"request_id": f"w-{uuid.uuid4().hex}", "principal": "tests", **payload}
-        await self.send(topic, key, payload)
+        await self.send(topic, key, payload, headers)
         return await self.result(payload["request_id"], timeout_s)
 
     async def events(self, request_id: str, count: int = 1, timeout_s: float = 30.0) -> list[dict[str, Any]]:
