@@ -17,6 +17,8 @@ from nexus_streams.settings import Settings
 from nexus_streams.topics import ALL_TOPICS, Header, Partitioning, TopicSpec
 
 HEADER_DOCS: dict[Header, str] = {
+    Header.AUTHORIZATION: "`Bearer <token>`: a JWT whose `sub` is the principal and whose `scope` "
+    "covers the request; required when the service runs with NEXUS_AUTH=required (topics/README.md)",
     Header.EVENT_TYPE: "the event's `type`",
     Header.PATTERN_ID: "the pattern id, on pattern events and events of a pattern execution",
     Header.PATTERN_VERSION: "the pattern version, where the event has one",

@@ -31,7 +31,11 @@ class Partitioning(StrEnum):
 
 
 class Header(StrEnum):
-    """Kafka headers set by the service (values are UTF-8)."""
+    """Kafka headers (values are UTF-8): the one a client sets on its requests, and those the
+    service sets on what it publishes."""
+
+    #: `Bearer <token>`, on requests: who sends them (docs/security.md)
+    AUTHORIZATION = "authorization"
 
     EVENT_TYPE = "nexus-event-type"
     PATTERN_ID = "nexus-pattern-id"
@@ -74,6 +78,7 @@ RELATIONSHIPS = TopicSpec(
     cleanup_policy="delete",
     description="Relationship commands: " + ", ".join(RELATIONSHIP_ACTIONS) + ".",
     messages=tuple(RELATIONSHIP_ACTIONS.values()),
+    headers=(Header.AUTHORIZATION,),
 )
 QUERIES = TopicSpec(
     name="queries",
@@ -82,6 +87,7 @@ QUERIES = TopicSpec(
     cleanup_policy="delete",
     description="Graph queries (" + ", ".join(QUERY_ACTIONS) + "), answered on the results topic.",
     messages=tuple(QUERY_ACTIONS.values()),
+    headers=(Header.AUTHORIZATION,),
 )
 EXECUTIONS = TopicSpec(
     name="executions",
@@ -90,6 +96,7 @@ EXECUTIONS = TopicSpec(
     cleanup_policy="delete",
     description="Pattern execution requests, run as transactions inside the namespace actor.",
     messages=(ExecutionRequest,),
+    headers=(Header.AUTHORIZATION,),
 )
 PATTERNS = TopicSpec(
     name="patterns",
@@ -98,6 +105,7 @@ PATTERNS = TopicSpec(
     cleanup_policy="delete",
     description="Pattern commands: " + ", ".join(PATTERN_ACTIONS) + ".",
     messages=tuple(PATTERN_ACTIONS.values()),
+    headers=(Header.AUTHORIZATION,),
 )
 RESULTS = TopicSpec(
     name="results",

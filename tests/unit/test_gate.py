@@ -484,3 +484,16 @@ async def test_registry__patterns_write_cannot_overwrite_a_system_pattern() -> N
     stored = await registry.handle(msg, grant("patterns:admin"))
     assert stored.result is not None and stored.result.status == "ok", stored.result
     assert (await store.get("user_onboarding")).description == "mine now"
+
+
+def test_the_header_of_the_contract_is_the_one_read() -> None:
+    from nexus_streams.domain.auth import AUTHORIZATION_HEADER
+    from nexus_streams.topics import ALL_TOPICS, Header
+
+    assert Header.AUTHORIZATION.value == AUTHORIZATION_HEADER
+    assert {s.name for s in ALL_TOPICS if Header.AUTHORIZATION in s.headers} == {
+        "relationships",
+        "queries",
+        "executions",
+        "patterns",
+    }
