@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from nexus_streams.codec import Undecodable, decode_object, encode, request_id_of
 from nexus_streams.domain.errors import ErrorCode, InternalError, NexusError
 from nexus_streams.messages import DEFAULT_NAMESPACE, ErrorBody, Event, Result, SourceRef
-from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, RESULTS, Header, TopicSpec
+from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, REASON_HEADERS, RESULTS, Header, TopicSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class Received:
     key: bytes | None
     value: bytes | None
     token: object = None
+    #: its Kafka headers, kept in its dead letter (a redrive re-sends them, its count among them)
+    headers: Sequence[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +89,14 @@ def _too_large(size: int) -> ErrorBody:
     )
 
 
+_REASON_HEADERS = frozenset(h.value for h in REASON_HEADERS)
+
+
 def deadletter_message(msg: Received, code: str, reason: str) -> Outbound:
-    headers = {
+    given = msg.headers or ()
+    original = given.items() if isinstance(given, Mapping) else given
+    headers = {k: v for k, v in original if v is not None and k not in _REASON_HEADERS}
+    headers |= {
         Header.ERROR_CODE.value: code.encode(),
         Header.ERROR_REASON.value: reason.encode()[:1024],
         Header.SOURCE_TOPIC.value: msg.topic.encode(),

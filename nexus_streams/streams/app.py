@@ -480,7 +480,14 @@ class NamespaceActor:
         log.error("internal error on %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc, exc_info=exc)
         started = time.perf_counter()
         received = Received(
-            self.by_name[msg.topic], msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=token
+            self.by_name[msg.topic],
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            msg.key,
+            msg.value,
+            token=token,
+            headers=msg.headers,
         )
         try:
             result, outbound = unforeseen(received, exc, self.service.clock())
@@ -497,6 +504,7 @@ class NamespaceActor:
             key=msg.key,
             value=msg.value,
             token=token,
+            headers=msg.headers,
         )
         journaled = self.journal.replay(msg.topic, msg.partition, msg.offset)
         if journaled is not None:  # applied before a crash: publish what it published then
@@ -718,7 +726,16 @@ class PatternActor:
     async def handle_event(self, event: EventT[bytes], msg: Any) -> None:
         started = time.perf_counter()
         reply = await self.registry.handle(
-            Received(PATTERNS, msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=event)
+            Received(
+                PATTERNS,
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                msg.key,
+                msg.value,
+                token=event,
+                headers=msg.headers,
+            )
         )
         if reply.remembered is not None:
             self.request_log.put(reply.remembered)
