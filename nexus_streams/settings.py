@@ -123,6 +123,18 @@ class Settings(BaseSettings):
         description="how long the store remembers an execution id so its statistics count once",
     )
 
+    redrive_max: int = Field(
+        default=3,
+        ge=0,
+        description="`deadletter redrive` re-sends a message at most this many times; a dead letter whose "
+        "nexus-redrive-count reached it is skipped (edit or discard it)",
+    )
+    deadletter_watch: bool = Field(
+        default=True,
+        description="the worker counts the dead letters waiting (nexus_deadletters_waiting) by reading "
+        "nexus.deadletter and nexus.deadletter-handled",
+    )
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

@@ -16,6 +16,7 @@ from nexus_streams.messages import (
     QUERY_ACTIONS,
     RELATIONSHIP_ACTIONS,
     DeadLetter,
+    DeadLetterHandled,
     Event,
     ExecutionRequest,
     Result,
@@ -147,6 +148,18 @@ DEADLETTER = TopicSpec(
     headers=(*REASON_HEADERS, Header.REDRIVE_COUNT),
     inbound=False,
 )
+DEADLETTER_HANDLED = TopicSpec(
+    name="deadletter-handled",
+    key="`partition:offset` of the dead letter (UTF-8), in the same partition as the dead letter",
+    partitioning=Partitioning.SPREAD,
+    cleanup_policy="delete",
+    description="What `nexus-streams deadletter redrive` and `discard` did with each dead letter: "
+    "written in one Kafka transaction with the re-sent message, so a dead letter is handled once "
+    "(docs/deadletters.md).",
+    messages=(DeadLetterHandled,),
+    headers=(Header.ERROR_CODE,),
+    inbound=False,
+)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     RELATIONSHIPS,
@@ -156,6 +169,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     RESULTS,
     EVENTS,
     DEADLETTER,
+    DEADLETTER_HANDLED,
 )
 
 
