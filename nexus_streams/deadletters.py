@@ -2,8 +2,8 @@
 and how many are still waiting. No Kafka here: streams/deadletters.py reads and writes the topics.
 
 A dead letter is *waiting* while it is on `nexus.deadletter` and `nexus.deadletter-handled` has
-no record of it; `deadletter redrive` and `deadletter discard` write that record, in the same
-Kafka transaction as the re-sent message, so a dead letter is handled once (docs/deadletters.md).
+no record of it; `deadletter redrive` (once the message is re-sent) and `deadletter discard`
+write that record, so a dead letter is handled once (docs/deadletters.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from nexus_streams.domain.errors import NotFound, ValidationFailed
+from nexus_streams.domain.errors import ConcurrentModification, NotFound, ValidationFailed
 from nexus_streams.messages import DeadLetterHandled, SourceRef
 from nexus_streams.topics import REASON_HEADERS, Header
 
@@ -63,6 +63,10 @@ class NoSuchDeadLetter(NotFound):
 
 class AmbiguousOffset(ValidationFailed):
     """The offset exists in several partitions of the dead-letter topic."""
+
+
+class TakenOver(ConcurrentModification):
+    """Another run of the redrive or discard command started and fenced this one."""
 
 
 class NotJSON(ValidationFailed):

@@ -153,9 +153,8 @@ DEADLETTER_HANDLED = TopicSpec(
     key="`partition:offset` of the dead letter (UTF-8), in the same partition as the dead letter",
     partitioning=Partitioning.SPREAD,
     cleanup_policy="delete",
-    description="What `nexus-streams deadletter redrive` and `discard` did with each dead letter: "
-    "written in one Kafka transaction with the re-sent message, so a dead letter is handled once "
-    "(docs/deadletters.md).",
+    description="What `nexus-streams deadletter redrive` and `discard` did with each dead letter, "
+    "written once the message is re-sent, so that a dead letter is handled once (docs/deadletters.md).",
     messages=(DeadLetterHandled,),
     headers=(Header.ERROR_CODE,),
     inbound=False,

@@ -2,10 +2,11 @@
 the worker's count of the dead letters waiting. What to do with each dead letter is decided in
 nexus_streams/deadletters.py; docs/deadletters.md tells the whole story.
 
-A redrive re-sends messages and records each in `nexus.deadletter-handled` in one Kafka
-transaction, with a transactional id of its own: starting one fences any earlier run still
-going, and the records it then reads (read_committed) are all there are, so a dead letter is
-never re-sent twice, even by two operators at once.
+A redrive re-sends messages, then records each in `nexus.deadletter-handled`, so a dead letter
+is re-sent once (at least once: a run stopped between the two re-sends those again). The records
+are written in Kafka transactions of an id of the tool's own: starting a run fences an earlier one
+still going, and the records it then reads (read_committed) are final, so two operators at once
+re-send at most one batch twice.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerFenced
 
 from nexus_streams.deadletters import (
     KEPT_VALUE_BYTES,
@@ -34,6 +36,7 @@ from nexus_streams.deadletters import (
     Report,
     Resend,
     Skip,
+    TakenOver,
     WaitingTally,
     editable_text,
     edited_value,
@@ -52,8 +55,8 @@ log = logging.getLogger(__name__)
 
 #: a read of the topics fails when nothing arrived for this long before their end
 READ_STALL_S = 30.0
-#: re-sent messages (with their handled records) per Kafka transaction
-TRANSACTION_SIZE = 100
+#: messages re-sent before their handled records are written (one transaction)
+BATCH_SIZE = 50
 #: the worker's count: dead letters tracked per partition (a byte each), the oldest forgotten first
 WAITING_MAX_PER_PARTITION = 1_000_000
 #: the worker's count: how often it is exported at most, and the partitions' start checked
@@ -251,41 +254,65 @@ async def show_deadletter(
 
 
 class _Writer:
-    """The transactional producer of the redrive and discard commands (None on a dry run)."""
+    """What the redrive and discard commands write. The re-sent messages go out as plain records
+    (a transaction's markers in the input topics would read as unread messages to the worker's
+    stall watch, nexus_streams/stalls.py); the handled records as transactions of an id of the
+    tool's own, so that starting a run fences an earlier one still going."""
 
     def __init__(self, settings: Settings, principal: str) -> None:
         self.handled_topic = settings.topic(DEADLETTER_HANDLED.name)
         self.deadletter_topic = settings.topic(DEADLETTER.name)
         self.principal = principal
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            transactional_id=f"{settings.app_id}-deadletter-tool",
-            enable_idempotence=True,
-            acks="all",
-            max_request_size=DEADLETTER_MAX_MESSAGE_BYTES + 64 * 1024,
-        )
+        common: dict[str, Any] = {
+            "bootstrap_servers": settings.kafka_bootstrap,
+            "enable_idempotence": True,
+            "acks": "all",
+            "max_request_size": DEADLETTER_MAX_MESSAGE_BYTES + 64 * 1024,
+        }
+        self.sender = AIOKafkaProducer(**common)
+        self.recorder = AIOKafkaProducer(transactional_id=f"{settings.app_id}-deadletter-tool", **common)
+
+    async def start(self) -> None:
+        await self.recorder.start()  # fences an earlier run: its records are final once read
+        await self.sender.start()
+
+    async def stop(self) -> None:
+        await self.sender.stop()
+        await self.recorder.stop()
 
     async def resend(self, resends: list[Resend]) -> list[SourceRef]:
-        """Re-send messages and record each as redriven, all or none."""
-        producer, now = self.producer, datetime.now(UTC)
-        async with producer.transaction():
-            deliveries = [
-                await producer.send(r.topic, r.value, key=r.letter.key, headers=list(r.headers))
-                for r in resends
-            ]
-            sent = [
-                SourceRef(topic=m.topic, partition=m.partition, offset=m.offset)
-                for m in await asyncio.gather(*deliveries)
-            ]
+        """Re-send messages, then record each as redriven. A run stopped in between re-sends
+        those messages again next time (at least once)."""
+        producer = self.sender
+        deliveries = [
+            await producer.send(r.topic, r.value, key=r.letter.key, headers=list(r.headers)) for r in resends
+        ]
+        sent = [
+            SourceRef(topic=m.topic, partition=m.partition, offset=m.offset)
+            for m in await asyncio.gather(*deliveries)
+        ]
+        now = datetime.now(UTC)
+        async with self._transaction(len(resends)):
             for resend, sent_to in zip(resends, sent, strict=True):
                 await self._record(resend.letter, now, resend, sent_to)
         return sent
 
     async def discard(self, letters: list[DeadLetter]) -> None:
         now = datetime.now(UTC)
-        async with self.producer.transaction():
+        async with self._transaction(0):
             for letter in letters:
                 await self._record(letter, now)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, resent: int) -> AsyncIterator[None]:
+        try:
+            async with self.recorder.transaction():
+                yield
+        except ProducerFenced:
+            raise TakenOver(
+                "another redrive or discard started and took over: this one stopped"
+                + (f"; the last {resent} messages it re-sent may be re-sent again" if resent else "")
+            ) from None
 
     async def _record(
         self,
@@ -302,7 +329,7 @@ class _Writer:
             resend=resend,
             sent_to=sent_to,
         )
-        await self.producer.send(
+        await self.recorder.send(
             self.handled_topic, value, key=key, partition=letter.partition, headers=headers
         )
 
@@ -315,11 +342,11 @@ async def _writing(settings: Settings, principal: str, dry_run: bool) -> AsyncIt
         yield None
         return
     writer = _Writer(settings, principal)
-    await writer.producer.start()
+    await writer.start()
     try:
         yield writer
     finally:
-        await writer.producer.stop()
+        await writer.stop()
 
 
 async def _selected(topics: DeadLetterTopics, filters: Filters) -> AsyncIterator[DeadLetter]:
@@ -371,7 +398,7 @@ async def redrive(
                 report.add(Outcome(letter, "would_resend", decision.count, edited=decision.edited))
             else:
                 pending.append(decision)
-                if len(pending) >= TRANSACTION_SIZE:
+                if len(pending) >= BATCH_SIZE:
                     await _flush(writer, pending, report)
         if writer is not None:
             await _flush(writer, pending, report)
@@ -409,7 +436,7 @@ async def discard(
                 report.add(Outcome(letter, "would_discard"))
             else:
                 chosen.append(dataclasses.replace(letter, value=letter.value[:KEPT_VALUE_BYTES]))
-                if len(chosen) >= TRANSACTION_SIZE:
+                if len(chosen) >= BATCH_SIZE:
                     await _discard(writer, chosen, report)
         if writer is not None:
             await _discard(writer, chosen, report)
