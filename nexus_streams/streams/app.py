@@ -46,6 +46,7 @@ from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
 from nexus_streams.streams import consumer as batch_consumer
 from nexus_streams.streams.batches import Batches
+from nexus_streams.streams.deadletters import watch_waiting
 from nexus_streams.streams.dump import consumer_state
 from nexus_streams.streams.journal import JOURNAL_KIND, Journal, answered
 from nexus_streams.streams.outbox import Outbox
@@ -823,6 +824,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app.agent(actor.topics[PATTERNS], name="apply_pattern_commands")(patterns.process)
     app.task(actor.register_system_patterns)
     app.task(partial(follow_pattern_events, settings, cache))
+    app.task(partial(watch_waiting, settings, metrics.observe_deadletters_waiting))  # docs/deadletters.md
     app.task(partial(_install_runtime, app, settings, metrics))
     app.nexus_actor = actor  # type: ignore[attr-defined]
     app.nexus_patterns = patterns  # type: ignore[attr-defined]

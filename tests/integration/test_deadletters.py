@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import WorkerProcess, own_worker
 from tests.integration.wire import Record, Wire
@@ -81,6 +83,26 @@ async def end_offsets(worker: WorkerProcess, wire: Wire, names: tuple[str, ...])
 
 def letters_of(listing: dict[str, Any], wire: Wire, topic: str) -> list[dict[str, Any]]:
     return [d for d in listing["deadletters"] if (d["source"] or {}).get("topic") == wire.topic(topic)]
+
+
+def waiting(worker: WorkerProcess) -> dict[tuple[str, str], float]:
+    """The worker's nexus_deadletters_waiting, by (topic, reason)."""
+    url = f"http://127.0.0.1:{worker.env['NEXUS_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310
+        text = resp.read().decode()
+    return {
+        (sample.labels["topic"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "nexus_deadletters_waiting"
+    }
+
+
+async def waiting_becomes(worker: WorkerProcess, labels: tuple[str, str], count: float) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while (now := waiting(worker).get(labels)) != count:
+        assert asyncio.get_running_loop().time() < deadline, f"waiting{labels} = {now}, expected {count}"
+        await asyncio.sleep(0.5)
 
 
 def editor(tmp_path: Path, body: str) -> str:
@@ -234,3 +256,27 @@ async def test_redrive__the_count_reaches_the_limit__never_a_loop(dlq: tuple[Wir
     assert states == ["redriven", "redriven", "discarded"]
     code, _, err = await cli(worker, "discard")
     assert code == 1 and "--all" in err
+
+
+async def test_waiting__the_worker_counts_the_dead_letters_waiting_by_topic_and_reason(
+    dlq: tuple[Wire, WorkerProcess],
+) -> None:
+    """Every test before left some waiting: those are counted too, each under its own labels."""
+    wire, worker = dlq
+    labels = ("executions", "undecodable")
+    assert labels not in waiting(worker)
+    first = await dead_letter(wire, "executions", await wire.send_located("executions", "ns-w", b"nope"))
+    second = await dead_letter(
+        wire, "executions", await wire.send_located("executions", "ns-w", b"nope again")
+    )
+    await waiting_becomes(worker, labels, 2)
+    assert waiting(worker)[("relationships", "validation_error")] >= 1  # the first test's, untouched
+
+    report = await cli_json(worker, "redrive", str(first.offset), "--partition", str(first.partition))
+    to = report["outcomes"][0]["sent_to"]
+    await dead_letter(wire, "executions", (to["partition"], to["offset"]))
+    await waiting_becomes(worker, labels, 2)  # the redriven one is back, as a new dead letter
+    await cli_json(worker, "discard", "--topic", "executions")
+    await waiting_becomes(worker, labels, 0)
+    assert (await cli_json(worker, "list", "--topic", "executions", "--waiting"))["matched"] == 0
+    assert second.headers["nexus-error-code"] == "undecodable"
