@@ -439,7 +439,8 @@ def deadletter_list(
             preview(letter.key or b"", 24),
             preview(letter.value),
         )
-    output_console().print(table)
+    if listing.rows:
+        output_console().print(table)
     more = listing.matched - len(listing.rows)
     console.print(f"{listing.matched} matched" + (f", {more} more not shown (--limit)" if more else ""))
 
@@ -483,7 +484,7 @@ def _print_report(report: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return
-    table = Table("partition", "offset", "code", "source", "action", "redrive count", "sent to")
+    table = Table("partition", "offset", "code", "source", "action", "redrives", "sent to")
     for o in report.outcomes:
         sent = f"{o.sent_to.topic}[{o.sent_to.partition}]@{o.sent_to.offset}" if o.sent_to else ""
         action = o.action + (" (edited)" if o.edited else "")
@@ -497,8 +498,11 @@ def _print_report(report: Any, as_json: bool) -> None:
             count,
             sent,
         )
-    output_console().print(table)
+    if report.outcomes:
+        output_console().print(table)
     summary = ", ".join(f"{action} {n}" for action, n in sorted(report.counts.items())) or "nothing matched"
+    if report.counts.get("handled") and not any(o.action == "handled" for o in report.outcomes):
+        summary += " (handled: redriven or discarded before, not listed)"
     console.print(("dry run: " if report.dry_run else "") + summary)
 
 

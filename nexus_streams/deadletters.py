@@ -310,9 +310,10 @@ class Report:
         """Dead letters re-sent, or that a dry run would re-send."""
         return self.counts["resent"] + self.counts["would_resend"]
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, listed: bool = True) -> None:
+        """`listed`: among `outcomes` too (else only counted)."""
         self.counts[outcome.action] += 1
-        if len(self.outcomes) < REPORT_ROWS:
+        if listed and len(self.outcomes) < REPORT_ROWS:
             trimmed = dataclasses.replace(outcome.letter, value=outcome.letter.value[:KEPT_VALUE_BYTES])
             self.outcomes.append(dataclasses.replace(outcome, letter=trimmed))
 

@@ -393,7 +393,8 @@ async def redrive(
             if isinstance(decision, Resend) and edit is not None:
                 decision = await _edit(decision, edit)
             if isinstance(decision, Skip):
-                report.add(Outcome(letter, decision.value, letter.redrive_count))
+                named = filters.only is not None or decision is not Skip.HANDLED
+                report.add(Outcome(letter, decision.value, letter.redrive_count), listed=named)
             elif writer is None:
                 report.add(Outcome(letter, "would_resend", decision.count, edited=decision.edited))
             else:
@@ -431,7 +432,7 @@ async def discard(
         chosen: list[DeadLetter] = []
         async for letter in _selected(topics, filters):
             if (letter.partition, letter.offset) in handled:
-                report.add(Outcome(letter, Skip.HANDLED.value))
+                report.add(Outcome(letter, Skip.HANDLED.value), listed=filters.only is not None)
             elif writer is None:
                 report.add(Outcome(letter, "would_discard"))
             else:
