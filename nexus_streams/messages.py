@@ -376,7 +376,7 @@ class DeadLetter(BaseModel):
 
 
 class DeadLetterHandled(BaseModel):
-    """What an operator's tool did with one dead letter (`nexus.deadletter.handled`)."""
+    """What an operator's tool did with one dead letter (`nexus.deadletter-handled`)."""
 
     model_config = ConfigDict(frozen=True)
 
