@@ -150,9 +150,9 @@ def namespace_of(key: bytes | None) -> str | None:
     return namespace if NAMESPACE.fullmatch(namespace) else None
 
 
-def authorization_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+def authorization_of(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
     """The value of the `authorization` header (its name in any case); twice is refused."""
-    values = [value for name, value in headers if name.lower() == AUTHORIZATION_HEADER]
+    values = [v for name, v in headers if name.lower() == AUTHORIZATION_HEADER and v is not None]
     if not values:
         return None
     if len(values) > 1:

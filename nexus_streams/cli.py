@@ -397,6 +397,221 @@ def stats(
     out.print(table)
 
 
+deadletter_app = typer.Typer(
+    help="Dead letters: list and show them, redrive (re-send) or discard them (docs/deadletters.md).",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(deadletter_app, name="deadletter")
+
+Since = Annotated[
+    str | None, typer.Option(help="dead-lettered since: a duration ago (90s, 15m, 2h, 7d) or an ISO time")
+]
+Reasons = Annotated[list[str] | None, typer.Option("--reason", help="nexus-error-code (repeatable)")]
+Topics = Annotated[
+    list[str] | None, typer.Option("--topic", help="original topic, e.g. relationships (repeatable)")
+]
+Partition = Annotated[int | None, typer.Option(help="the partition of OFFSET (needed when several have it)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="say what would be done; send and record nothing")]
+Principal = Annotated[str, typer.Option(help="who does it, recorded in nexus.deadletter-handled")]
+
+
+def _filters(
+    since: str | None,
+    reasons: list[str] | None,
+    topics: list[str] | None,
+    offset: int | None = None,
+    partition: int | None = None,
+) -> Any:
+    from nexus_streams.deadletters import filters_of
+
+    return filters_of(
+        Settings().topic_prefix,
+        since=since,
+        reasons=reasons or (),
+        topics=topics or (),
+        offset=offset,
+        partition=partition,
+    )
+
+
+def _source(letter: Any) -> str:
+    source = letter.source
+    return f"{source.topic}[{source.partition}]@{source.offset}" if source else ""
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    since: Since = None,
+    reason: Reasons = None,
+    topic: Topics = None,
+    limit: Annotated[int, typer.Option(help="show the oldest N that match")] = 50,
+    waiting: Annotated[
+        bool, typer.Option("--waiting", help="only those neither redriven nor discarded")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Dead letters on nexus.deadletter with their reason headers and state, oldest first."""
+    from rich.table import Table
+
+    from nexus_streams.deadletters import describe, preview
+    from nexus_streams.streams.deadletters import list_deadletters
+
+    async def run() -> Any:
+        filters = _filters(since, reason, topic)
+        return await list_deadletters(Settings(), filters, limit=limit, waiting_only=waiting)
+
+    listing = run_async(run())
+    if as_json:
+        rows = [describe(row.letter, row.handled, size=row.size) for row in listing.rows]
+        print(json.dumps({"matched": listing.matched, "deadletters": rows}, indent=2))
+        return
+    table = Table("partition", "offset", "time", "state", "code", "source", "redrives", "key", "value")
+    for row in listing.rows:
+        letter = row.letter
+        table.add_row(
+            str(letter.partition),
+            str(letter.offset),
+            letter.at.strftime("%Y-%m-%d %H:%M:%S"),
+            "waiting" if row.handled is None else row.handled.outcome,
+            letter.code,
+            _source(letter),
+            str(letter.redrive_count),
+            preview(letter.key or b"", 24),
+            preview(letter.value),
+        )
+    if listing.rows:
+        output_console().print(table)
+    more = listing.matched - len(listing.rows)
+    console.print(f"{listing.matched} matched" + (f", {more} more not shown (--limit)" if more else ""))
+
+
+@deadletter_app.command("show")
+def deadletter_show(
+    offset: Annotated[int, typer.Argument(help="its offset on nexus.deadletter")],
+    partition: Partition = None,
+    as_json: AsJson = False,
+) -> None:
+    """One dead letter: every header, what was done with it, and its value."""
+    from rich.table import Table
+
+    from nexus_streams.deadletters import describe, preview, shown_value
+    from nexus_streams.streams.deadletters import show_deadletter
+
+    letter, handled = run_async(show_deadletter(Settings(), offset, partition))
+    if as_json:
+        print(json.dumps(describe(letter, handled, value=True), indent=2))
+        return
+    table = Table("", f"{letter.partition}:{letter.offset}", show_header=True)
+    table.add_row("time", letter.at.isoformat())
+    table.add_row("state", "waiting" if handled is None else handled.outcome)
+    if handled is not None:
+        table.add_row("handled", f"{handled.handled_at.isoformat()} by {handled.principal}")
+        if handled.sent_to is not None:
+            sent = handled.sent_to
+            table.add_row("sent to", f"{sent.topic}[{sent.partition}]@{sent.offset}")
+    table.add_row("key", "(none)" if letter.key is None else preview(letter.key, 128))
+    for name, value in letter.headers:
+        table.add_row(name, value.decode("utf-8", errors="replace"))
+    table.add_row("value", f"{len(letter.value)} bytes")
+    out = output_console()
+    out.print(table)
+    out.print(shown_value(letter.value), markup=False, highlight=False)
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    from rich.table import Table
+
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    table = Table("partition", "offset", "code", "source", "action", "redrives", "sent to")
+    for o in report.outcomes:
+        sent = f"{o.sent_to.topic}[{o.sent_to.partition}]@{o.sent_to.offset}" if o.sent_to else ""
+        action = o.action + (" (edited)" if o.edited else "")
+        count = "" if o.count is None else str(o.count)
+        table.add_row(
+            str(o.letter.partition),
+            str(o.letter.offset),
+            o.letter.code,
+            _source(o.letter),
+            action,
+            count,
+            sent,
+        )
+    if report.outcomes:
+        output_console().print(table)
+    summary = ", ".join(f"{action} {n}" for action, n in sorted(report.counts.items())) or "nothing matched"
+    if report.counts.get("handled") and not any(o.action == "handled" for o in report.outcomes):
+        summary += " (handled: redriven or discarded before, not listed)"
+    console.print(("dry run: " if report.dry_run else "") + summary)
+
+
+def _editor(text: str) -> str | None:
+    """$VISUAL or $EDITOR on the value; None when it is closed without a change."""
+    import click
+
+    edited: str | None = click.edit(text, extension=".json", require_save=True)
+    return edited
+
+
+@deadletter_app.command("redrive")
+def deadletter_redrive(
+    offset: Annotated[int | None, typer.Argument(help="only this dead letter (its offset)")] = None,
+    partition: Partition = None,
+    since: Since = None,
+    reason: Reasons = None,
+    topic: Topics = None,
+    limit: Annotated[int | None, typer.Option(help="re-send N at most")] = None,
+    edit: Annotated[
+        bool, typer.Option("--edit", help="edit the value in $EDITOR first (needs OFFSET)")
+    ] = False,
+    dry_run: DryRun = False,
+    principal: Principal = "cli",
+    as_json: AsJson = False,
+) -> None:
+    """Re-send waiting dead letters to their topics, nexus-redrive-count + 1 (at most NEXUS_REDRIVE_MAX)."""
+    import click
+
+    from nexus_streams.streams.deadletters import redrive
+
+    async def run() -> Any:
+        filters = _filters(since, reason, topic, offset, partition)
+        editor = _editor if edit else None
+        return await redrive(
+            Settings(), filters, dry_run=dry_run, limit=limit, edit=editor, principal=principal
+        )
+
+    try:
+        report = run_async(run())
+    except click.ClickException as exc:  # the editor could not be run
+        console.print(f"[red]error:[/red] {exc.format_message()}; nothing was sent")
+        raise typer.Exit(1) from None
+    _print_report(report, as_json)
+
+
+@deadletter_app.command("discard")
+def deadletter_discard(
+    offset: Annotated[int | None, typer.Argument(help="only this dead letter (its offset)")] = None,
+    partition: Partition = None,
+    since: Since = None,
+    reason: Reasons = None,
+    topic: Topics = None,
+    every: Annotated[bool, typer.Option("--all", help="every waiting dead letter (no filter given)")] = False,
+    dry_run: DryRun = False,
+    principal: Principal = "cli",
+    as_json: AsJson = False,
+) -> None:
+    """Mark waiting dead letters as dealt with, without re-sending them (no longer waiting)."""
+    from nexus_streams.streams.deadletters import discard
+
+    async def run() -> Any:
+        filters = _filters(since, reason, topic, offset, partition)
+        return await discard(Settings(), filters, every=every, dry_run=dry_run, principal=principal)
+
+    _print_report(run_async(run()), as_json)
+
+
 @app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 60.0,

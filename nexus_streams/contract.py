@@ -30,6 +30,9 @@ HEADER_DOCS: dict[Header, str] = {
     Header.SOURCE_TOPIC: "the topic the message was read from",
     Header.SOURCE_PARTITION: "its partition",
     Header.SOURCE_OFFSET: "its offset",
+    Header.REDRIVE_COUNT: "how many times the message was redriven from nexus.deadletter (absent: never); "
+    "a dead letter keeps its message's count, and `nexus-streams deadletter redrive` re-sends it with the "
+    "count plus one, up to NEXUS_REDRIVE_MAX",
 }
 
 

@@ -375,6 +375,24 @@ class DeadLetter(BaseModel):
     value: str = Field(description="the original message value, byte for byte")
 
 
+class DeadLetterHandled(BaseModel):
+    """What an operator's tool did with one dead letter (`nexus.deadletter-handled`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deadletter: SourceRef = Field(description="the dead letter: its topic, partition and offset")
+    outcome: Literal["redriven", "discarded"]
+    error_code: str = Field(description="the dead letter's `nexus-error-code`")
+    source: SourceRef | None = Field(description="where the original message had been read")
+    redrive_count: int | None = Field(
+        default=None, description="`nexus-redrive-count` of the re-sent message (redriven only)"
+    )
+    sent_to: SourceRef | None = Field(default=None, description="where it was re-sent (redriven only)")
+    edited: bool = Field(default=False, description="the value was edited before it was re-sent")
+    principal: str = Field(description="who handled it")
+    handled_at: datetime
+
+
 RESULT_ADAPTER: TypeAdapter[Result] = TypeAdapter(Result)
 
 

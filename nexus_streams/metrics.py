@@ -129,6 +129,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.deadletters_waiting = Gauge(
+            "nexus_deadletters_waiting",
+            "Dead letters on the dead-letter topic neither redriven nor discarded, by source topic and "
+            "reason (docs/deadletters.md); every worker counts the whole topic. No series until the "
+            "worker has read it to the end",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self._waiting_series = _Series(self.deadletters_waiting)
         self.latency = Histogram(
             "nexus_request_duration_seconds",
             "Time from reading a request to having published its outcome",
@@ -436,6 +445,10 @@ class Metrics:
             if done is not None:
                 lags[(spec.name, str(tp.partition))] = max(0, int(highwater) - int(done))
         return lags, assigned
+
+    def observe_deadletters_waiting(self, waiting: Mapping[tuple[str, str], int]) -> None:
+        """`streams.deadletters.watch_waiting`: (topic, reason) -> dead letters waiting."""
+        self._waiting_series.replace({labels: float(count) for labels, count in waiting.items()})
 
     # -- driven by the pattern store -----------------------------------------------------------
 

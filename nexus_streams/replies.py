@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 from nexus_streams.codec import Undecodable, decode_object, encode, request_id_of
 from nexus_streams.domain.errors import ErrorCode, InternalError, NexusError
 from nexus_streams.messages import DEFAULT_NAMESPACE, ErrorBody, Event, Result, SourceRef
-from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, RESULTS, Header, TopicSpec
+from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, REASON_HEADERS, RESULTS, Header, TopicSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +24,9 @@ class Received:
     key: bytes | None
     value: bytes | None
     token: object = None
-    #: the Kafka headers, as (name, value) pairs
-    headers: Sequence[tuple[str, bytes]] = ()
+    #: its Kafka headers as (name, value) pairs: the token is read from them, and its dead letter
+    #: keeps them (a redrive re-sends them, its count among them)
+    headers: Sequence[tuple[str, bytes | None]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,14 @@ def _too_large(size: int) -> ErrorBody:
     )
 
 
+_REASON_HEADERS = frozenset(h.value for h in REASON_HEADERS)
+
+
 def deadletter_message(msg: Received, code: str, reason: str) -> Outbound:
-    headers = {
+    given = msg.headers or ()
+    original = given.items() if isinstance(given, Mapping) else given
+    headers = {k: v for k, v in original if v is not None and k not in _REASON_HEADERS}
+    headers |= {
         Header.ERROR_CODE.value: code.encode(),
         Header.ERROR_REASON.value: reason.encode()[:1024],
         Header.SOURCE_TOPIC.value: msg.topic.encode(),

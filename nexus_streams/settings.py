@@ -150,6 +150,18 @@ class Settings(BaseSettings):
         description="how long the store remembers an execution id so its statistics count once",
     )
 
+    redrive_max: int = Field(
+        default=3,
+        ge=0,
+        description="`deadletter redrive` re-sends a message at most this many times; a dead letter whose "
+        "nexus-redrive-count reached it is skipped (edit or discard it)",
+    )
+    deadletter_watch: bool = Field(
+        default=True,
+        description="the worker counts the dead letters waiting (nexus_deadletters_waiting) by reading "
+        "nexus.deadletter and nexus.deadletter-handled",
+    )
+
     @field_validator("auth_jwks", "auth_hs256_secret", "auth_issuer", "auth_audience", "token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -16,6 +16,7 @@ from nexus_streams.messages import (
     QUERY_ACTIONS,
     RELATIONSHIP_ACTIONS,
     DeadLetter,
+    DeadLetterHandled,
     Event,
     ExecutionRequest,
     Result,
@@ -48,6 +49,18 @@ class Header(StrEnum):
     SOURCE_TOPIC = "nexus-source-topic"
     SOURCE_PARTITION = "nexus-source-partition"
     SOURCE_OFFSET = "nexus-source-offset"
+    REDRIVE_COUNT = "nexus-redrive-count"
+
+
+#: the headers that dead-lettering sets and a redrive removes; a dead letter keeps the original
+#: message's other headers (`nexus-redrive-count` among them), so that a redrive re-sends them
+REASON_HEADERS = (
+    Header.ERROR_CODE,
+    Header.ERROR_REASON,
+    Header.SOURCE_TOPIC,
+    Header.SOURCE_PARTITION,
+    Header.SOURCE_OFFSET,
+)
 
 
 #: room for a dead-lettered message of the broker's default limit (1 MiB) and its headers
@@ -78,7 +91,7 @@ RELATIONSHIPS = TopicSpec(
     cleanup_policy="delete",
     description="Relationship commands: " + ", ".join(RELATIONSHIP_ACTIONS) + ".",
     messages=tuple(RELATIONSHIP_ACTIONS.values()),
-    headers=(Header.AUTHORIZATION,),
+    headers=(Header.AUTHORIZATION, Header.REDRIVE_COUNT),
 )
 QUERIES = TopicSpec(
     name="queries",
@@ -87,7 +100,7 @@ QUERIES = TopicSpec(
     cleanup_policy="delete",
     description="Graph queries (" + ", ".join(QUERY_ACTIONS) + "), answered on the results topic.",
     messages=tuple(QUERY_ACTIONS.values()),
-    headers=(Header.AUTHORIZATION,),
+    headers=(Header.AUTHORIZATION, Header.REDRIVE_COUNT),
 )
 EXECUTIONS = TopicSpec(
     name="executions",
@@ -96,7 +109,7 @@ EXECUTIONS = TopicSpec(
     cleanup_policy="delete",
     description="Pattern execution requests, run as transactions inside the namespace actor.",
     messages=(ExecutionRequest,),
-    headers=(Header.AUTHORIZATION,),
+    headers=(Header.AUTHORIZATION, Header.REDRIVE_COUNT),
 )
 PATTERNS = TopicSpec(
     name="patterns",
@@ -105,7 +118,7 @@ PATTERNS = TopicSpec(
     cleanup_policy="delete",
     description="Pattern commands: " + ", ".join(PATTERN_ACTIONS) + ".",
     messages=tuple(PATTERN_ACTIONS.values()),
-    headers=(Header.AUTHORIZATION,),
+    headers=(Header.AUTHORIZATION, Header.REDRIVE_COUNT),
 )
 RESULTS = TopicSpec(
     name="results",
@@ -136,13 +149,18 @@ DEADLETTER = TopicSpec(
     messages=(DeadLetter,),
     # an input message may take the broker's whole default limit (1 MiB): its dead letter adds headers
     max_message_bytes=DEADLETTER_MAX_MESSAGE_BYTES,
-    headers=(
-        Header.ERROR_CODE,
-        Header.ERROR_REASON,
-        Header.SOURCE_TOPIC,
-        Header.SOURCE_PARTITION,
-        Header.SOURCE_OFFSET,
-    ),
+    headers=(*REASON_HEADERS, Header.REDRIVE_COUNT),
+    inbound=False,
+)
+DEADLETTER_HANDLED = TopicSpec(
+    name="deadletter-handled",
+    key="`partition:offset` of the dead letter (UTF-8), in the same partition as the dead letter",
+    partitioning=Partitioning.SPREAD,
+    cleanup_policy="delete",
+    description="What `nexus-streams deadletter redrive` and `discard` did with each dead letter, "
+    "written once the message is re-sent, so that a dead letter is handled once (docs/deadletters.md).",
+    messages=(DeadLetterHandled,),
+    headers=(Header.ERROR_CODE,),
     inbound=False,
 )
 
@@ -154,6 +172,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     RESULTS,
     EVENTS,
     DEADLETTER,
+    DEADLETTER_HANDLED,
 )
 
 

@@ -47,6 +47,7 @@ from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
 from nexus_streams.streams import consumer as batch_consumer
 from nexus_streams.streams.batches import Batches
+from nexus_streams.streams.deadletters import watch_waiting
 from nexus_streams.streams.dump import consumer_state
 from nexus_streams.streams.journal import JOURNAL_KIND, Journal, answered
 from nexus_streams.streams.outbox import Outbox
@@ -483,7 +484,14 @@ class NamespaceActor:
         log.error("internal error on %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc, exc_info=exc)
         started = time.perf_counter()
         received = Received(
-            self.by_name[msg.topic], msg.topic, msg.partition, msg.offset, msg.key, msg.value, token=token
+            self.by_name[msg.topic],
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            msg.key,
+            msg.value,
+            token=token,
+            headers=msg.headers,
         )
         try:
             result, outbound = unforeseen(received, exc, self.service.clock())
@@ -820,6 +828,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app.agent(actor.topics[PATTERNS], name="apply_pattern_commands")(patterns.process)
     app.task(actor.register_system_patterns)
     app.task(partial(follow_pattern_events, settings, cache))
+    app.task(partial(watch_waiting, settings, metrics.observe_deadletters_waiting))  # docs/deadletters.md
     app.task(partial(_install_runtime, app, settings, metrics))
     app.nexus_actor = actor  # type: ignore[attr-defined]
     app.nexus_patterns = patterns  # type: ignore[attr-defined]

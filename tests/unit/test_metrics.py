@@ -347,6 +347,20 @@ async def test_observe_consumer__lag_from_committed_offsets_or_position() -> Non
     assert value(m, "nexus_consumer_lag", topic="relationships", partition="0") == 10
 
 
+# -- dead letters waiting ----------------------------------------------------------------------
+
+
+def test_observe_deadletters_waiting__series_follow_the_count() -> None:
+    m = Metrics()
+    assert samples(m, "nexus_deadletters_waiting") == {}  # nothing until the topic was read
+    m.observe_deadletters_waiting({("relationships", "undecodable"): 2, ("queries", "invalid_key"): 1})
+    assert value(m, "nexus_deadletters_waiting", topic="relationships", reason="undecodable") == 2
+    m.observe_deadletters_waiting({("relationships", "undecodable"): 0})
+    assert samples(m, "nexus_deadletters_waiting") == {
+        (("reason", "undecodable"), ("topic", "relationships")): 0.0
+    }
+
+
 # -- Redis -------------------------------------------------------------------------------------
 
 

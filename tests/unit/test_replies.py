@@ -15,6 +15,7 @@ from nexus_streams.replies import (
     MAX_ERROR_MESSAGE,
     MAX_OUTBOUND_BYTES,
     Received,
+    deadletter_message,
     event_message,
     failure,
     result_message,
@@ -86,6 +87,32 @@ def test_failure__dead_letters_when_nobody_awaits_or_the_service_failed(
         assert headers(letter)[Header.ERROR_CODE.value] == exc.code.value
         assert headers(letter)[Header.ERROR_REASON.value] == exc.reason
         assert headers(letter)[Header.SOURCE_OFFSET.value] == "41"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ((), {}),
+        (None, {}),
+        ([("trace", b"t-1"), ("nexus-redrive-count", b"2")], {"trace": "t-1", "nexus-redrive-count": "2"}),
+        ({"trace": b"t-1"}, {"trace": "t-1"}),
+        ([("nexus-error-code", b"stale"), ("nexus-source-offset", b"7"), ("x", b"1")], {"x": "1"}),
+        ([("null-valued", None), ("x", b"1")], {"x": "1"}),
+    ],
+    ids=["none", "faust's None", "a redriven message", "a mapping", "stale reasons replaced", "null value"],
+)
+def test_deadletter_message__keeps_the_messages_own_headers_and_sets_the_reasons(
+    given: Any, kept: dict[str, str]
+) -> None:
+    msg = Received(RELATIONSHIPS, "nexus.relationships", 2, 41, b"ns-1", b"garbage", headers=given)
+    letter = deadletter_message(msg, "undecodable", "not JSON")
+    assert headers(letter) == kept | {
+        "nexus-error-code": "undecodable",
+        "nexus-error-reason": "not JSON",
+        "nexus-source-topic": "nexus.relationships",
+        "nexus-source-partition": "2",
+        "nexus-source-offset": "41",
+    }
 
 
 def test_failure__long_error_message__cut() -> None:
