@@ -58,6 +58,7 @@ from nexus_streams.streams.tables import (
     StateRequestLog,
     TableRequestLog,
     Tables,
+    current_key,
     remembered_bytes,
     remembered_of,
     state_key,
@@ -243,8 +244,16 @@ class NamespaceActor:
         service.reset()
         stores = stores_of(self.tables.state)
         for partition in self._active_partitions(stores.partitions()):
+            migrated = False
             for stored_key, raw in stores.items(partition):
-                self._load(stored_key, raw, partition)
+                current = current_key(stored_key)
+                if current != stored_key:  # kept by 0.1.0: rewritten under its current key
+                    self.writer.put(partition, current, raw)
+                    self.writer.put(partition, stored_key, None)
+                    migrated = True
+                self._load(current, raw, partition)
+            if migrated:
+                self.writer.seal(partition)
         for partition, keys in self.window.loaded().items():  # a smaller NEXUS_REQUEST_RETENTION_COUNT
             for key in keys:
                 self.writer.put(partition, key, None)

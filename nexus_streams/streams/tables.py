@@ -35,6 +35,14 @@ def state_key(kind: str, *parts: str) -> str:
     return SEP.join((kind, *parts))
 
 
+def current_key(stored: bytes) -> bytes:
+    """A state key as this version writes it: raw UTF-8. Version 0.1.0 let Faust write its keys
+    as JSON strings (`"r\u001f..."`); its values were JSON already, as they are now."""
+    if stored[:1] == b'"':
+        return str(orjson.loads(stored)).encode()
+    return stored
+
+
 class TableRequestLog:
     """What pattern commands did (`Remembered`), by (scope, request_id), in a Faust table (the
     pattern agent is a plain Faust agent: it writes inside its event)."""

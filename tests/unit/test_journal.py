@@ -115,3 +115,39 @@ def test_request_window__loaded__ordered_by_time_and_trimmed_to_the_count() -> N
         window.load(5, key, at)
     assert window.loaded() == {5: [b"a"]}
     assert window.admit(5, b"d", 4.0) == [b"b"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "current"),
+    [
+        (
+            b'"r\\u001fns1\\u001fmember\\u001fuser:1\\u001fgroup:1"',
+            b"r\x1fns1\x1fmember\x1fuser:1\x1fgroup:1",
+        ),
+        (b'"p\\u001f3"', b"p\x1f3"),
+        (b"r\x1fns1\x1fmember\x1fa\x1fb", b"r\x1fns1\x1fmember\x1fa\x1fb"),
+        (b"j\x1f0\x1f000000000001", b"j\x1f0\x1f000000000001"),
+    ],
+    ids=["0.1.0 record", "0.1.0 progress", "current record", "current journal"],
+)
+def test_current_key__keys_of_0_1_0_read_as_raw(stored: bytes, current: bytes) -> None:
+    from nexus_streams.streams.tables import current_key
+
+    assert current_key(stored) == current
+
+
+def test_remembered_of__a_0_1_0_value_with_events_and_changes() -> None:
+    import orjson
+
+    from nexus_streams.streams.tables import remembered_of
+
+    result = {
+        "request_id": "r-1",
+        "namespace": "ns1",
+        "status": "ok",
+        "output": {"a": 1},
+        "processed_at": "2026-12-01T00:00:00Z",
+    }
+    old = orjson.dumps({"result": result, "events": [{"type": "x"}], "changes": []})
+    assert remembered_of(old).result.request_id == "r-1"
+    assert remembered_of(orjson.dumps(result)).result.output == {"a": 1}
