@@ -37,6 +37,7 @@ import signal
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,8 @@ from harness import (  # bench/harness.py: what the benchmarks share
 )
 from report import Report
 
+from nexus_streams.streams.tables import current_key
+
 MiB = 1024 * 1024
 #: goals of issue 13
 RSS_GOAL_B = {"rocksdb": 400, "memory": 1536}
@@ -75,7 +78,7 @@ CHANGELOG_GOAL_X = 2.0  # changelog bytes per relationship / one relationship re
 STORES = {"rocksdb": "rocksdb://", "memory": "memory://"}
 #: the state table's key kinds (nexus_streams/streams/tables.py: Kind)
 KINDS = {"r": "relationship records r|", "q": "remembered requests q|", "p": "applied offsets p|"}
-KINDS |= {"s": "schemas s|", "x": "waiting executions x|"}
+KINDS |= {"s": "schemas s|", "x": "waiting executions x|", "j": "journal records j|"}
 
 
 def rss_bytes(pid: int) -> int:
@@ -428,6 +431,17 @@ def deep_size(obj: Any) -> int:
     return size
 
 
+def stored_value(raw: bytes) -> Any:
+    """A state value as Python objects: JSON, or a compressed (`Z`) or framed (`R`) one as the
+    worker writes remembered results and journal records."""
+    if raw[:1] == b"Z":
+        raw = zlib.decompress(raw[1:])
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # a journal record: an index of lengths and the bytes it describes
+
+
 @dataclass
 class KindSample:
     records: int = 0
@@ -456,8 +470,8 @@ async def sample_changelog(
                 for record in records:
                     if record.offset + 1 >= ends[tp]:
                         done.add(tp)
-                    key = json.loads(record.key)
-                    value = None if record.value is None else json.loads(record.value)
+                    key = current_key(record.key).decode()
+                    value = None if record.value is None else stored_value(record.value)
                     sample = kinds.setdefault(key.partition("\x1f")[0], KindSample())
                     sample.records += 1
                     sample.stored += len(record.key) + len(record.value or b"")
