@@ -349,7 +349,8 @@ class NamespaceService:
         namespace, key_error = _namespace_of(msg.key)
         if key_error is not None:
             return [self._deadletter(msg, "invalid_key", key_error)]
-        self.note_partition(namespace, msg.partition)
+        if msg.spec is not QUERIES:  # a query creates no state: queried namespaces are not kept
+            self.note_partition(namespace, msg.partition)
         request_id = request_id_of(data)
         if request_id is not None and msg.spec is not QUERIES:
             previous = self.requests.get(namespace, request_id)
