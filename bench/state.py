@@ -137,6 +137,8 @@ class Watched:
     sent: float
     results: int = 0
     first: float | None = None
+    #: when the second result came (the first duplicate)
+    second: float | None = None
     raw: bytes = b""
     value: dict[str, Any] = field(default_factory=dict)
     differing: bool = False
@@ -156,8 +158,11 @@ class Tally(Driver):
             seen.results += 1
             if seen.first is None:
                 seen.first, seen.raw, seen.value = arrived, record.value, json.loads(record.value)
-            elif record.value != seen.raw:
-                seen.differing = True
+            else:
+                if seen.second is None:
+                    seen.second = arrived
+                if record.value != seen.raw:
+                    seen.differing = True
         super()._one(record, arrived)
 
     async def watch(self, req: Request) -> Watched:
@@ -677,15 +682,21 @@ async def rebalances(run: Run, report: Report, w1: Worker, w2: Worker) -> bool:
             await asyncio.sleep(max(0.0, t0 + i / args.flow_rate - time.perf_counter()))
 
     sender = asyncio.create_task(send_flow())
+    changes: list[tuple[float, str]] = []
+
+    def change(what: str) -> None:
+        note(what)
+        changes.append((time.perf_counter(), what))
+
     try:
         await asyncio.sleep(3.0)
-        note("a worker starts")
+        change("a worker starts")
         w2.start()
         await asyncio.sleep(args.settle_s)
-        note("a worker stops on SIGTERM")
+        change("a worker stops on SIGTERM")
         await asyncio.to_thread(w1.terminate)
         await asyncio.sleep(args.settle_s)
-        note("a worker starts again")
+        change("a worker starts again")
         w1.start()
         await asyncio.sleep(args.settle_s)
     finally:
@@ -708,6 +719,10 @@ async def rebalances(run: Run, report: Report, w1: Worker, w2: Worker) -> bool:
     )
     report.add("writes with a second result (graceful rebalances)", f"{twice:,}", "0", twice == 0)
     report.add("  of them, with a differing result", str(sum(1 for _, s in flow if s.differing)))
+    for i, (at, what) in enumerate(changes):
+        until = changes[i + 1][0] if i + 1 < len(changes) else float("inf")
+        during = sum(1 for _, s in flow if s.second is not None and at <= s.second < until)
+        report.add(f"  of them, the second result after '{what}'", f"{during:,}")
     report.add("  writes unanswered / error results", f"{lost} / {errors}", "0", lost + errors == 0)
     return True
 

@@ -50,9 +50,9 @@ class Progress:
         self._sought = False
 
     def rewind(self, first: int) -> None:
-        """Records from `first` on should have come before the first one received (the group never
-        committed, so reading started at the partition's first offset): a hole from there, unless
-        the first received was that one."""
+        """Reading started at `first` (the committed offset, learnt after the first record arrived,
+        or the partition's first offset when the group never committed): a hole from there unless
+        the first record received was that one."""
         if first < self._start:
             self.expected = self._start = first
             self.hole = True

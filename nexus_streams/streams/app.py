@@ -123,19 +123,6 @@ def rocksdb_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class MessageToken:
-    """A message handed over in a batch, acknowledged as a Faust event would be."""
-
-    __slots__ = ("consumer", "message")
-
-    def __init__(self, consumer: Any, message: Any) -> None:
-        self.consumer = consumer
-        self.message = message
-
-    def ack(self) -> None:
-        self.consumer.ack(self.message)
-
-
 def _where(reply: Reply) -> str:
     msg = reply.message
     return f"{msg.topic}[{msg.partition}]@{msg.offset}" if msg is not None else "a reply"
@@ -474,7 +461,7 @@ class NamespaceActor:
         try:
             for msg in messages:
                 watch.received(msg)
-                token = MessageToken(consumer, msg)
+                token = batch_consumer.MessageToken(consumer, msg)
                 try:
                     await self.handle_message(spec, msg, token, time.perf_counter())
                 except Exception as exc:  # whatever a message provokes ends as its outcome

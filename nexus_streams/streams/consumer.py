@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,12 +31,87 @@ log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[TP, list[Message]], Awaitable[None]]
 
+#: the longest a rebalance waits for the messages in hand (their cycles' flushes and deliveries)
+HAND_OVER_S = 10.0
+SETTLE_POLL_S = 0.01
+
 
 class BatchConsumer(AIOKafkaConsumer):
     """Set `batch_handler` and `batch_topics` before the worker starts."""
 
     batch_handler: BatchHandler | None = None
     batch_topics: frozenset[str] = frozenset()
+    #: how long a rebalance waits for the messages in hand to be acknowledged before it commits
+    hand_over_s: float = HAND_OVER_S
+    #: assigned partitions of `batch_topics` not yet sought to their committed offsets
+    _unsought: set[TP] = frozenset()  # type: ignore[assignment]
+    #: per partition, the offset of the last seek to the committed offsets, until its first fetch
+    _sought: dict[TP, int] = {}  # noqa: RUF012 - replaced per instance by each seek
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Commit what was acknowledged before Faust forgets it. Faust drops the acknowledgements
+        of revoked partitions not yet committed (up to its commit interval's worth) before it waits
+        for the streams and commits, so each rebalance (and with the eager protocol every member
+        revokes everything) had the next owner process those messages again: a second result for
+        each. Here the flow stops, the messages in hand finish (bounded by `hand_over_s`), and
+        their offsets are committed first."""
+        if revoked and self.batch_handler is not None:
+            self.stop_flow()
+            await self.settle(revoked, self.hand_over_s)
+            await self.commit_now()
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """Until Faust has sought the new assignment to the committed offsets, what a fetch returns
+        comes from wherever the consumer stood: handled then, it was handled again after the seek
+        (a second result each), and its acknowledgements, taken before Faust knew the committed
+        offset, could hold the partition's commits back."""
+        self._unsought = {tp for tp in assigned if tp.topic in self.batch_topics}
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        self._unsought = set()
+        # where each partition was sought to (Faust's read offset is now the committed one)
+        self._sought = {
+            tp: offset
+            for tp, offset in self._read_offset.items()
+            if offset is not None and tp.topic in self.batch_topics
+        }
+
+    async def wait_empty(self) -> None:
+        """A graceful stop: the messages in hand finish (their cycles flushed, their results
+        delivered) before the last commit. Faust's own wait ends at once when the consumer is
+        already stopping, and what the worker then published after the commit was processed
+        again, and answered a second time, by the partition's next owner."""
+        if self.batch_handler is not None:
+            await self.settle(None, self.hand_over_s)
+            await self.commit_now()
+        await super().wait_empty()
+
+    async def commit_now(self) -> None:
+        """Commit every acknowledged offset now. `commit` returns without committing when another
+        commit is under way (the periodic one, started before the last acknowledgements): the
+        second call commits what that one did not."""
+        try:
+            for _ in range(2):
+                await self.commit()
+        except Exception as exc:  # the next owner reads them again: a second, identical result
+            log.warning("commit before a hand-over failed: %r", exc)
+
+    async def settle(self, partitions: set[TP] | None, timeout_s: float) -> bool:
+        """Wait until no message (of `partitions`, None: any) awaits its acknowledgement; False on
+        timeout."""
+        deadline = time.monotonic() + timeout_s
+        while any(
+            (partitions is None or message.tp in partitions) and not message.acked
+            for message in self._unacked_messages
+        ):
+            if time.monotonic() >= deadline:
+                log.warning("hand-over: messages still unacknowledged after %.1fs", timeout_s)
+                return False
+            await asyncio.sleep(SETTLE_POLL_S)
+        return True
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - the worker's loop
         if self.batch_handler is None:
@@ -63,8 +139,11 @@ class BatchConsumer(AIOKafkaConsumer):
             await asyncio.sleep(0)
             if not records or self.should_stop:
                 continue
-            if not self.flow_active:
-                await self.perform_seek()  # as Faust does: read again from the committed offsets
+            if not self.flow_active:  # as Faust does: read again from the committed offsets
+                try:
+                    await self.perform_seek()
+                except Exception as exc:  # a rebalance under way (the next assignment seeks anyway)
+                    log.info("seek to the committed offsets with the flow stopped: %r", exc)
                 continue
             generation = app.consumer_generation_id
             for tp, batch in records.items():
@@ -76,6 +155,14 @@ class BatchConsumer(AIOKafkaConsumer):
     async def _deliver(
         self, tp: TP, batch: list[Any], active: set[TP] | None, handler: BatchHandler | None
     ) -> None:
+        if tp in self._unsought:
+            return  # read again from the committed offset once Faust has sought there
+        sought = self._sought.pop(tp, None) if handler is not None else None
+        if sought is not None and batch[0].offset > sought:
+            # taken from the consumer before the seek but handed over after it: the records from
+            # `sought` on come again (or, if there is a real gap there, this batch once more)
+            await self.seek(tp, sought)
+            return
         if active is not None and tp not in active and tp not in self._buffered_partitions:
             await self.seek(tp, batch[0].offset)  # paused meanwhile: fetched again later
             return
@@ -90,13 +177,14 @@ class BatchConsumer(AIOKafkaConsumer):
         self._read_offset[tp] = messages[-1].offset
 
     async def _accept(self, tp: TP, batch: list[Any]) -> list[Message]:
-        """The records past the partition's read offset, as tracked messages (gaps noted, as
-        Faust's loop does, so that commits can pass offsets without records)."""
+        """The records past the partition's read offset, as messages (gaps noted, as Faust's loop
+        does, so that commits can pass offsets without records). Not tracked yet: a message is
+        pending from the moment its handling starts (`MessageToken`), so that the records of a
+        batch cut short by a stop or a rebalance are read again instead of waited for."""
         read_offset = self._read_offset[tp]
         app = self.app
         app.monitor.track_tp_end_offset(tp, self.highwater(tp))
         to_message = self._to_message
-        track = self.track_message
         messages: list[Message] = []
         for record in batch:
             offset = record.offset
@@ -104,14 +192,28 @@ class BatchConsumer(AIOKafkaConsumer):
                 continue  # read before
             if read_offset and offset - read_offset > 1 and app.topics.acks_enabled_for(tp.topic):
                 await self._add_gap(tp, read_offset + 1, offset)
-            message = to_message(tp, record)
-            track(message)
-            messages.append(message)
+            messages.append(to_message(tp, record))
             read_offset = offset
         if self._commit_every is not None and self._n_acked >= self._commit_every:
             self._n_acked = 0
             await self.commit()
         return messages
+
+
+class MessageToken:
+    """A message of a batch from the moment its handling starts: pending (Faust's bookkeeping, as
+    a stream's event would be: a graceful stop or a rebalance waits for it) until `ack`."""
+
+    __slots__ = ("consumer", "message")
+
+    def __init__(self, consumer: Any, message: Any) -> None:
+        self.consumer = consumer
+        self.message = message
+        message.tracked = True
+        consumer.track_message(message)
+
+    def ack(self) -> None:
+        self.consumer.ack(self.message)
 
 
 def install(app: Any, topics: frozenset[str], handler: BatchHandler) -> None:

@@ -87,6 +87,23 @@ class InputWatch:
             )
         return "\n".join(lines)
 
+    def _anchor(self, assigned: list[Any]) -> list[Any]:
+        """Partitions whose progress started with nothing committed: those with a committed offset
+        now are rewound to it (Faust records the committed offsets only after its seek to them, so
+        the first records of an assignment can arrive before); the others are returned."""
+        unanchored = []
+        for tp in assigned:
+            progress = self._current(tp)
+            if tp not in self._unanchored or progress is None:
+                continue
+            committed = self._committed(tp)
+            if committed is None:
+                unanchored.append(tp)
+                continue
+            progress.rewind(committed)
+            self._unanchored.discard(tp)
+        return unanchored
+
     async def check(self, topics: set[str], publishing: int = 0) -> None:
         """`publishing`: replies processed but not yet published (the agents are not idle)."""
         app, consumer = self.app, cast(Any, self.app.consumer)
@@ -94,7 +111,7 @@ class InputWatch:
             return
         queued = sum(cast(Any, agent.channel).queue.qsize() for agent in app.agents.values())
         assigned = [tp for tp in consumer.assignment() if tp.topic in topics]
-        unanchored = [tp for tp in assigned if tp in self._unanchored and self._current(tp) is not None]
+        unanchored = self._anchor(assigned)
         first = await self._first_offsets(
             [tp for tp in assigned if self._current(tp) is None and self._committed(tp) is None] + unanchored
         )

@@ -1,7 +1,8 @@
-"""Two workers under a flow of commands (issue 13, "Replicas and hand-over"): a second worker joins
-(a graceful rebalance: no second result for any request), the first is SIGKILLed (the other
-takes its namespaces over), then comes back. Every request is answered, every copy of a result is
-the same, and every namespace holds exactly the relationships whose creates were answered ok."""
+"""Two workers under a flow of commands (issue 13, "Replicas and hand-over"): a second worker joins,
+the first stops on SIGTERM and starts again (graceful rebalances: no second result for any
+request), then it is SIGKILLed (the other takes its namespaces over) and comes back. Every
+request is answered, every copy of a result is the same, and every namespace holds exactly the
+relationships whose creates were answered ok."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from tests.integration.wire import Wire
 
 NAMESPACES = 8
 RATE = 40.0  # requests a second, spread over the namespaces
+#: what a worker logs once its first assignment is recovered
+READY = "[^Worker]: Ready"
 
 
 def second_worker(env: dict[str, str], name: str) -> WorkerProcess:
@@ -38,8 +41,15 @@ def results_of(wire: Wire, mine: set[str]) -> Counter[str]:
     return Counter(rid for r in wire.records["results"] if (rid := r.headers.get("nexus-request-id")) in mine)
 
 
+def assert_once(wire: Wire, requests: set[str], what: str) -> None:
+    doubled = {rid: n for rid, n in results_of(wire, requests).items() if n > 1}
+    assert doubled == {}, (
+        f"{what} (a graceful rebalance): {len(doubled)} second results, e.g. {list(doubled)[:5]}"
+    )
+
+
 @pytest.mark.parametrize("store", TABLE_STORES)
-async def test_two_workers__join_kill_rejoin__every_request_answered_once_and_state_intact(
+async def test_two_workers__join_stop_rejoin_kill_rejoin__every_request_answered_once_and_state_intact(
     kafka_bootstrap: str, redis_url: str, store: str
 ) -> None:
     async with own_worker(kafka_bootstrap, redis_url, "rebalance", settings={"NEXUS_TABLE_STORE": store}) as (
@@ -55,7 +65,7 @@ async def test_two_workers__join_kill_rejoin__every_request_answered_once_and_st
             i = 0
             loop = asyncio.get_running_loop()
             start = loop.time()
-            while not stop.is_set() and i < 4000:
+            while not stop.is_set() and i < 8000:
                 namespace = f"ns{i % NAMESPACES}-{run_id}"
                 request_id = f"rb{i}-{run_id}"
                 payload = {
@@ -74,14 +84,27 @@ async def test_two_workers__join_kill_rejoin__every_request_answered_once_and_st
         producer = asyncio.create_task(flow())
         try:
             await wire.wait_until(lambda: len(results_of(wire, set(sent))) >= 100, timeout_s=60)
-            # a graceful rebalance: the second worker joins
+
+            async def across(phase: str, worker: WorkerProcess, starts: int) -> None:
+                """`worker` has started `starts` times and been assigned its partitions; the flow
+                goes on past that rebalance; every request so far answered exactly once."""
+                ready = await wire.wait_until(lambda: worker.log_text().count(READY) >= starts, timeout_s=120)
+                assert ready, f"{phase}: {worker.log_path} not ready"
+                after = len(sent) + 2 * int(RATE)  # two more seconds of the flow
+                await wire.wait_until(lambda: len(sent) >= after, timeout_s=30)
+                requests = set(sent)
+                assert await wire.wait_until(
+                    lambda: set(results_of(wire, requests)) == requests, timeout_s=90
+                )
+                assert_once(wire, requests, phase)
+
+            # graceful rebalances: a second worker joins; the first stops on SIGTERM, starts again
             second.start()
-            await wait_until_answering(wire, second)
-            await asyncio.sleep(0)  # the flow goes on across the rebalance
-            joined = set(sent)
-            await wire.wait_until(lambda: set(results_of(wire, joined)) == joined, timeout_s=90)
-            doubled = {rid: n for rid, n in results_of(wire, joined).items() if n > 1}
-            assert doubled == {}, f"a graceful rebalance published second results: {list(doubled)[:5]}"
+            await across("a worker joined", second, 1)
+            await asyncio.to_thread(first.stop)
+            await across("a worker stopped on SIGTERM", second, 1)
+            first.start()
+            await across("a worker started again", first, 2)
 
             # the first worker dies; the second takes its namespaces over, then it comes back
             first.kill()

@@ -38,6 +38,10 @@ def test_versions__the_ones_the_batch_path_was_written_against() -> None:
         (faust_consumer.Consumer, "perform_seek", ["self"]),
         (faust_consumer.Consumer, "seek", ["self", "partition", "offset"]),
         (faust_consumer.Consumer, "commit", ["self", "topics", "start_new_transaction"]),
+        (faust_consumer.Consumer, "on_partitions_revoked", ["self", "revoked"]),
+        (faust_consumer.Consumer, "on_partitions_assigned", ["self", "assigned", "generation_id"]),
+        (faust_consumer.Consumer, "wait_empty", ["self"]),
+        (faust_consumer.Consumer, "stop_flow", ["self"]),
         (faust_aiokafka.Consumer, "_to_message", ["self", "tp", "record"]),
         (faust_aiokafka.Consumer, "highwater", ["self", "tp"]),
         (rocksdb.Store, "_db_for_partition", ["self", "partition"]),
@@ -74,6 +78,8 @@ def test_private_api__state_the_consumer_reads() -> None:
         "_n_acked",
         "_commit_every",
         "_unacked_messages",
+        "_committed_offset",
+        "_acked",
     ):
         assert f"self.{attribute}" in source, attribute
     assert "flow_active" in inspect.getsource(faust_consumer.Consumer)
@@ -93,3 +99,11 @@ def test_private_api__stores_and_producer_internals() -> None:
     assert "self._producer" in inspect.getsource(faust_aiokafka.Producer)
     # a store class is found by the scheme of the table's store URL
     assert "stores.by_url(url)" in inspect.getsource(Collection._new_store_by_url)
+
+
+def test_private_api__revocation_forgets_acknowledgements_before_its_commit() -> None:
+    """Why BatchConsumer.on_partitions_revoked commits first: Faust drops the revoked partitions'
+    acknowledgements, then calls the app's handler (which waits for the streams and commits). If
+    an upgrade commits before forgetting, the override is no longer needed (but still harmless)."""
+    source = inspect.getsource(faust_consumer.Consumer.on_partitions_revoked)
+    assert source.index("self._acked.pop(tp") < source.index("self._on_partitions_revoked")
