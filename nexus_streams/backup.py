@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +20,7 @@ from nexus_streams.client import NexusClient, NexusRequestError
 from nexus_streams.domain.backup import (
     FORMAT_VERSION,
     NAMESPACE_FORMAT,
+    PATTERNS_FORMAT,
     Header,
     check_trailer,
     import_request_id,
@@ -241,3 +243,79 @@ def _ok(result: dict[str, Any], what: str) -> dict[str, Any]:
         result = {**result, "error": {**error, "message": f"{what}: {error.get('message')}"}}
         raise NexusRequestError(result)
     return result
+
+
+async def export_patterns(
+    store: Any, out: IO[bytes], with_stats: bool = False, progress: Progress = _no_progress
+) -> Summary:
+    """Every user pattern of the store (system patterns ship with the service): one line per
+    version, with who stored it and when, the pattern's owner and deprecation, and its
+    statistics when asked (`with_stats`)."""
+    started = time.perf_counter()
+    summary = Summary("export")
+    patterns = [p for p in await store.list() if p.kind.value != "system"]
+    header = {
+        "format": PATTERNS_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "patterns": len(patterns),
+        "with_stats": with_stats,
+        "exported_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    summary.bytes += out.write(_dumps(header))
+    for n, pattern in enumerate(patterns, start=1):
+        versions = sorted(await store.versions(pattern.id), key=lambda v: v.version)
+        for i, info in enumerate(versions):
+            line: dict[str, Any] = {
+                "pattern_id": pattern.id,
+                "version": info.version,
+                "created_by": info.created_by,
+                "created_at": info.to_dict()["created_at"],
+                "owner": pattern.owner,
+                "document": (await store.get(pattern.id, info.version)).to_document(),
+            }
+            if i == len(versions) - 1:
+                line["deprecated"] = pattern.deprecated
+                if with_stats:
+                    line["stats"] = (await store.stats(pattern.id)).to_dict()
+            summary.bytes += out.write(_dumps(line))
+            summary.items += 1
+        progress(n, len(patterns), summary.bytes)
+    summary.bytes += out.write(_dumps(trailer(PATTERNS_FORMAT, "versions", summary.items)))
+    summary.details = {"patterns": len(patterns)}
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+async def import_patterns(
+    client: NexusClient, path: Path, progress: Progress = _no_progress, timeout_s: float = 30.0
+) -> Summary:
+    """Store every version of the file through `nexus.patterns`, oldest first, each by the
+    principal that stored it (with NEXUS_AUTH=off; with tokens, the token's), then deprecate
+    what was deprecated. Request ids derive from the file: a rerun is answered from the first."""
+    started = time.perf_counter()
+    header = read_header(path, PATTERNS_FORMAT)
+    summary = Summary("import")
+    lines = [orjson.loads(raw) for raw in path.read_bytes().splitlines()[1:] if raw.strip()]
+    *versions, end = lines
+    check_trailer(end, PATTERNS_FORMAT, "versions", len(versions), len(lines) + 1)
+    for line in versions:
+        pattern_id = line["pattern_id"]
+        rid = import_request_id(header.digest, "patterns", f"{pattern_id}:{line['version']}")
+        command = {"request_id": rid, "action": "store", "pattern": line["document"]}
+        if not client.token and (line.get("created_by") or line.get("owner")):
+            command["principal"] = line.get("created_by") or line["owner"]
+        _ok(
+            await client.request("patterns", pattern_id, command, timeout_s),
+            f"{pattern_id} v{line['version']}",
+        )
+        if line.get("deprecated"):
+            rid = import_request_id(header.digest, "patterns", f"{pattern_id}:deprecate")
+            command = {"request_id": rid, "action": "deprecate", "pattern_id": pattern_id}
+            if not client.token and line.get("owner"):
+                command["principal"] = line["owner"]
+            _ok(await client.request("patterns", pattern_id, command, timeout_s), f"deprecate {pattern_id}")
+        summary.items += 1
+        progress(summary.items, len(versions), 0)
+    summary.bytes = path.stat().st_size
+    summary.seconds = time.perf_counter() - started
+    return summary

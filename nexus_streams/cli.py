@@ -346,6 +346,55 @@ def patterns_stats(pattern_id: Annotated[str, typer.Argument(help="pattern id")]
     output_console().print(table)
 
 
+@patterns_app.command("export")
+def patterns_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="the file; stdout when absent")
+    ] = None,
+    with_stats: Annotated[bool, typer.Option(help="include each pattern's execution statistics")] = False,
+) -> None:
+    """Write every user pattern (every version, owner, deprecation; statistics with --with-stats)."""
+    from nexus_streams import backup
+
+    async def run() -> Any:
+        with _progress("export patterns") as bar:
+            task = bar.add_task("export", total=None)
+
+            def progress(done: int, total: int | None, size: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            async def write(store: Any) -> Any:
+                if output is None:
+                    return await backup.export_patterns(store, sys.stdout.buffer, with_stats, progress)
+                with output.open("wb") as out:
+                    return await backup.export_patterns(store, out, with_stats, progress)
+
+            return await _with_store(write)
+
+    _print_summary(run_async(run()), "pattern versions")
+
+
+@patterns_app.command("import")
+def patterns_import(
+    file: Annotated[Path, typer.Argument(help="a file written by `patterns export`", exists=True)],
+    token: TokenOption = None,
+) -> None:
+    """Store every pattern version of the file through nexus.patterns; a rerun doubles nothing."""
+    from nexus_streams import backup
+
+    async def run() -> Any:
+        with _progress("import patterns") as bar:
+            task = bar.add_task("import", total=None)
+
+            def progress(done: int, total: int | None, size: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            async with _client(token) as client:
+                return await backup.import_patterns(client, file, progress)
+
+    _print_summary(run_async(run()), "pattern versions")
+
+
 @app.command()
 def execute(
     pattern_id: Annotated[str, typer.Argument(help="the pattern to run")],

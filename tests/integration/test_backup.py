@@ -17,7 +17,7 @@ from nexus_streams import backup
 from nexus_streams.client import NexusClient
 from nexus_streams.domain.errors import UnknownFormatVersion
 from nexus_streams.settings import Settings
-from tests.integration.conftest import WorkerProcess
+from tests.integration.conftest import WorkerProcess, own_worker
 from tests.integration.test_cli import cli
 from tests.integration.wire import Wire
 
@@ -250,3 +250,44 @@ async def test_backup__cli_export_and_import(wire: Wire, worker: WorkerProcess, 
     assert stats["output"]["relationships"] == 300
     with pytest.raises(UnknownFormatVersion):
         backup.read_header(tmp_path / "cli.ndjson", "nexus-streams/patterns")
+
+
+async def test_backup__patterns_round_trip_every_version_and_deprecation(
+    wire: Wire, worker: WorkerProcess, kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    from nexus_streams.store.redis import RedisPatternStore
+
+    pattern_id = f"bk_{uuid.uuid4().hex[:8]}"
+    for description in ("first", "second"):
+        document = {
+            "id": pattern_id,
+            "name": "Backed up",
+            "description": description,
+            "steps": [{"type": "relationship", "action": "create", "parameters": {"type": "member"}}],
+        }
+        store = {"action": "store", "pattern": document, "principal": "carol"}
+        assert (await wire.request("patterns", pattern_id, store))["status"] == "ok"
+    deprecate = {"action": "deprecate", "pattern_id": pattern_id, "principal": "carol"}
+    assert (await wire.request("patterns", pattern_id, deprecate))["status"] == "ok"
+    file = tmp_path / "patterns.ndjson"
+    code, _, err = await cli(worker.env, "patterns", "export", "--output", str(file), "--with-stats")
+    assert code == 0, err
+    mine = [line for line in read_file(file)[1:-1] if line["pattern_id"] == pattern_id]
+    assert [(m["version"], m["document"]["description"]) for m in mine] == [(1, "first"), (2, "second")]
+    assert mine[-1]["deprecated"] is True and "stats" in mine[-1] and mine[0]["created_by"] == "carol"
+
+    # into an empty store (another key prefix): the same versions, owner and deprecation
+    async with own_worker(kafka_bootstrap, redis_url, "patterns-restore") as (_, other, _):
+        env, prefix = other.env, other.env["NEXUS_REDIS_KEY_PREFIX"]
+        for _ in range(2):  # a rerun doubles nothing
+            code, _, err = await cli(env, "patterns", "import", str(file))
+            assert code == 0, err
+        restored = RedisPatternStore.from_settings(Settings(redis_url=redis_url, redis_key_prefix=prefix))
+        try:
+            versions = await restored.versions(pattern_id)
+            summary = next(s for s in await restored.list() if s.id == pattern_id)
+            latest = await restored.get(pattern_id)
+        finally:
+            await restored.close()
+    assert [v.version for v in versions] == [1, 2]
+    assert (summary.owner, summary.deprecated, latest.description) == ("carol", True, "second")
