@@ -41,6 +41,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; turn the errors a user can fix into one line and exit code 1."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
+    from nexus_streams.client import NexusRequestError
     from nexus_streams.domain.errors import NexusError
     from nexus_streams.streams.admin import TopicMismatch
 
@@ -57,6 +58,10 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         console.print(f"[red]error:[/red] Kafka: {exc}")
     except NexusError as exc:
         console.print(f"[red]error:[/red] {exc.code.value}: {exc.message}")
+        if exc.code.value in ("unknown_format_version", "invalid_backup"):
+            raise typer.Exit(2) from None
+    except NexusRequestError as exc:
+        console.print(f"[red]error:[/red] {exc.code}: {exc.message}")
     except TimeoutError:
         console.print("[red]error:[/red] no answer in time; is a worker running (`nexus-streams worker`)?")
     raise typer.Exit(1)
@@ -158,6 +163,96 @@ def token(
         raise typer.Exit(2) from None
 
 
+def _progress(label: str) -> Any:
+    """A rich progress bar on stderr: items, bytes, rate."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _print_summary(summary: Any, unit: str) -> None:
+    """The summary: counts, bytes, seconds (stderr: stdout may be the export)."""
+    offset = "" if summary.offset is None else f", as of offset {summary.offset}"
+    console.print(
+        f"{summary.what}ed {summary.items:,} {unit} ({summary.bytes:,} bytes) in "
+        f"{summary.seconds:.2f}s: {summary.rate:,.0f} {unit}/s{offset}"
+    )
+
+
+@app.command("export")
+def export_(
+    namespace: Annotated[str, typer.Option(help="the namespace to export")] = "default",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="the file to write; stdout when absent")
+    ] = None,
+    chunk_bytes: Annotated[
+        int | None, typer.Option(help="the largest chunk the worker sends (default NEXUS_EXPORT_CHUNK_BYTES)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the next chunk")] = 60.0,
+    token: TokenOption = None,
+) -> None:
+    """Write a snapshot of a namespace as of one input offset (NDJSON, docs/backups.md)."""
+    from nexus_streams import backup
+
+    async def run() -> Any:
+        with _progress(f"export {namespace}") as bar:
+            task = bar.add_task("export", total=None)
+
+            def progress(done: int, total: int | None, size: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            async with _client(token) as client:
+                if output is None:
+                    return await backup.export_namespace(
+                        client, namespace, sys.stdout.buffer, progress, chunk_bytes, timeout
+                    )
+                return await backup.export_namespace_to(
+                    client, namespace, output, progress, chunk_bytes=chunk_bytes, timeout_s=timeout
+                )
+
+    _print_summary(run_async(run()), "relationships")
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="a file written by `nexus-streams export`", exists=True)],
+    namespace: Annotated[str, typer.Option(help="the namespace to restore into")] = "default",
+    batch_size: Annotated[int, typer.Option(help="relationships per batch (at most NEXUS_MAX_BATCH)")] = 1000,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each batch's result")] = 60.0,
+    token: TokenOption = None,
+) -> None:
+    """Restore an export into a namespace (the same or another): schema, then relationships in
+    batches; running it again after an interruption doubles nothing."""
+    from nexus_streams import backup
+
+    async def run() -> Any:
+        with _progress(f"import {namespace}") as bar:
+            task = bar.add_task("import", total=None)
+
+            def progress(done: int, total: int | None, size: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            async with _client(token) as client:
+                return await backup.import_namespace(client, file, namespace, progress, batch_size, timeout)
+
+    _print_summary(run_async(run()), "relationships")
+
+
 patterns_app = typer.Typer(help="Store and inspect patterns.", pretty_exceptions_enable=False)
 app.add_typer(patterns_app, name="patterns")
 
@@ -249,6 +344,55 @@ def patterns_stats(pattern_id: Annotated[str, typer.Argument(help="pattern id")]
     for name in stats["total"]:
         table.add_row(name, *("" if row.get(name) is None else str(row[name]) for row in columns.values()))
     output_console().print(table)
+
+
+@patterns_app.command("export")
+def patterns_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="the file; stdout when absent")
+    ] = None,
+    with_stats: Annotated[bool, typer.Option(help="include each pattern's execution statistics")] = False,
+) -> None:
+    """Write every user pattern (every version, owner, deprecation; statistics with --with-stats)."""
+    from nexus_streams import backup
+
+    async def run() -> Any:
+        with _progress("export patterns") as bar:
+            task = bar.add_task("export", total=None)
+
+            def progress(done: int, total: int | None, size: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            async def write(store: Any) -> Any:
+                if output is None:
+                    return await backup.export_patterns(store, sys.stdout.buffer, with_stats, progress)
+                with output.open("wb") as out:
+                    return await backup.export_patterns(store, out, with_stats, progress)
+
+            return await _with_store(write)
+
+    _print_summary(run_async(run()), "pattern versions")
+
+
+@patterns_app.command("import")
+def patterns_import(
+    file: Annotated[Path, typer.Argument(help="a file written by `patterns export`", exists=True)],
+    token: TokenOption = None,
+) -> None:
+    """Store every pattern version of the file through nexus.patterns; a rerun doubles nothing."""
+    from nexus_streams import backup
+
+    async def run() -> Any:
+        with _progress("import patterns") as bar:
+            task = bar.add_task("import", total=None)
+
+            def progress(done: int, total: int | None, size: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            async with _client(token) as client:
+                return await backup.import_patterns(client, file, progress)
+
+    _print_summary(run_async(run()), "pattern versions")
 
 
 @app.command()

@@ -25,6 +25,9 @@ from nexus_streams.domain.auth import authorization_header, token_subject
 from nexus_streams.settings import Settings
 from nexus_streams.topics import EVENTS, RESULTS, Header
 
+#: results of a stream (an export's chunks) read ahead of the one consuming them
+STREAM_QUEUE_SIZE = 16
+
 
 class NexusClient:
     """Produces to the inbound topics, reads results and events from their current end.
@@ -47,6 +50,8 @@ class NexusClient:
             group_id=None,
         )
         self._results: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: requests answered by a series of results (an export's chunks), by request_id
+        self._streams: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._events_by_request: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
         self._event_queues: list[asyncio.Queue[tuple[dict[str, str], dict[str, Any]]]] = []
         self._event_arrived = asyncio.Event()
@@ -112,6 +117,25 @@ class NexusClient:
             return await asyncio.wait_for(future, timeout_s)
         finally:
             self._results.pop(request_id, None)
+
+    async def request_stream(
+        self, topic: str, key: str, payload: dict[str, Any], timeout_s: float = 30.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Send a request answered by a series of results (`export`); yield each as it arrives,
+        until one has `output.last` or is an error. `timeout_s`: the longest wait for the next."""
+        payload = {"principal": self.principal, **payload}
+        request_id = payload["request_id"]
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=STREAM_QUEUE_SIZE)
+        self._streams[request_id] = queue
+        try:
+            await self.send(topic, key, payload)
+            while True:
+                result = await asyncio.wait_for(queue.get(), timeout_s)
+                yield result
+                if result.get("status") != "ok" or (result.get("output") or {}).get("last"):
+                    return
+        finally:
+            self._streams.pop(request_id, None)
 
     async def store_pattern(
         self, pattern: dict[str, Any], *, principal: str | None = None, timeout_s: float = 30.0
@@ -190,6 +214,10 @@ class NexusClient:
             except json.JSONDecodeError:
                 continue
             if record.topic == results_topic:
+                stream = self._streams.get(value.get("request_id"))
+                if stream is not None:
+                    await stream.put(value)  # the reader waits for a slow consumer of a stream
+                    continue
                 future = self._results.get(value.get("request_id"))
                 if future is not None and not future.done():
                     future.set_result(value)

@@ -90,8 +90,24 @@ class DeleteEntityFields(Step):
     entity: EntityId
 
 
+class RestoreFields(Step):
+    """Put a relationship back exactly as a backup has it (`nexus-streams import`): created, or
+    overwritten, with its metadata, version and timestamps; in a `batch` only."""
+
+    action: Literal["restore"]
+    type: RelType
+    source: EntityId
+    target: EntityId
+    metadata: Metadata = Field(default_factory=dict)
+    version: int = Field(ge=1)
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None = None
+
+
 BatchItem = Annotated[
-    CreateFields | UpdateFields | DeleteFields | DeleteEntityFields, Field(discriminator="action")
+    CreateFields | UpdateFields | DeleteFields | DeleteEntityFields | RestoreFields,
+    Field(discriminator="action"),
 ]
 
 
@@ -250,8 +266,28 @@ class Stats(Query):
     action: Literal["stats"]
 
 
+class Export(Query):
+    """Every relationship and the schema of the namespace as of one offset, answered as a series
+    of results with this request_id (`output.chunk` 0, 1, ...; the last has `output.last`)."""
+
+    action: Literal["export"]
+    chunk_bytes: int | None = Field(
+        default=None,
+        ge=4096,
+        description="the largest chunk, as JSON; at most (and by default) NEXUS_EXPORT_CHUNK_BYTES",
+    )
+
+
 GraphQuery = Annotated[
-    GetRelationship | FindPath | Traverse | Neighbors | DetectCycles | ResolveDependencies | Analyze | Stats,
+    GetRelationship
+    | FindPath
+    | Traverse
+    | Neighbors
+    | DetectCycles
+    | ResolveDependencies
+    | Analyze
+    | Stats
+    | Export,
     Field(discriminator="action"),
 ]
 QUERY_ACTIONS: dict[str, type[Inbound]] = {
@@ -263,6 +299,7 @@ QUERY_ACTIONS: dict[str, type[Inbound]] = {
     "resolve_dependencies": ResolveDependencies,
     "analyze": Analyze,
     "stats": Stats,
+    "export": Export,
 }
 
 

@@ -54,6 +54,7 @@ from nexus_streams.domain.graph import (
     plan_delete,
     plan_delete_entity,
     plan_expire,
+    plan_restore,
     plan_update,
 )
 from nexus_streams.domain.index import Direction
@@ -83,12 +84,14 @@ from nexus_streams.messages import (
     Event,
     ExecutionRequest,
     Expire,
+    Export,
     FindPath,
     GetRelationship,
     Inbound,
     Neighbors,
     Query,
     ResolveDependencies,
+    RestoreFields,
     Result,
     SetSchema,
     SourceRef,
@@ -135,6 +138,22 @@ class Deferred:
     finish: Callable[[Any, BaseException | None], list[Reply]]
 
 
+@dataclass(frozen=True, slots=True)
+class ExportPlan:
+    """An export taken at one point of its partition's order: the actor snapshots the records of
+    `partitions` at once and streams them back in chunks (streams/export.py)."""
+
+    msg: Received
+    query: Export
+    namespace: str
+    partitions: tuple[int, ...]
+    #: relationships in the namespace at that point (the index agrees with the records)
+    relationships: int
+    schema: dict[str, list[str]] | None
+    #: the relationships-topic offset of the partition applied at that point
+    offset: int | None
+
+
 @dataclass(slots=True)
 class Reply:
     #: acknowledge this message once the reply is published (None: not yet)
@@ -158,6 +177,10 @@ class Reply:
     #: (partition, offset) of the relationships topic now applied
     progress: tuple[int, int] | None = None
     deferred: Deferred | None = None
+    #: an export to stream back (the message is acknowledged after its last chunk)
+    export: ExportPlan | None = None
+    #: called once the reply's messages are published (after its state is in the changelog)
+    on_published: Callable[[], None] | None = None
     #: published again from the journal (a redelivery after a crash): not journaled again
     replayed: bool = False
 
@@ -535,6 +558,23 @@ class NamespaceService:
             return plan_delete(graph, step.source, parse_type(step.type), step.target)
         if isinstance(step, DeleteEntityFields):
             return plan_delete_entity(graph, step.entity, self.limits.max_delete_entity)
+        if isinstance(step, RestoreFields):
+            type_ = parse_type(step.type)
+            key = canonical_key(step.source, type_, step.target)  # a child line is stored as parent
+            return plan_restore(
+                graph,
+                Relationship(
+                    graph.namespace,
+                    key.source,
+                    key.type,
+                    key.target,
+                    step.metadata,
+                    step.version,
+                    step.created_at,
+                    step.updated_at,
+                    step.expires_at,
+                ),
+            )
         raise ValidationFailed(f"{type(step).__name__} is not a relationship command")
 
     # -- executions ----------------------------------------------------------------------------
@@ -614,6 +654,8 @@ class NamespaceService:
         graph = self.graphs.get(namespace)
         if graph is None:
             graph = Graph(namespace, self.records_for(namespace))
+        if isinstance(query, Export):
+            return [self._export(msg, graph, query)]
         try:
             if isinstance(query, Analyze) or (isinstance(query, DetectCycles) and query.entity is None):
                 return [self._deferred_query(msg, graph, query)]
@@ -759,6 +801,19 @@ class NamespaceService:
 
         return Reply(None, namespace=namespace, deferred=Deferred(work, finish))
 
+    def _export(self, msg: Received, graph: Graph, query: Export) -> Reply:
+        namespace = graph.namespace
+        plan = ExportPlan(
+            msg,
+            query,
+            namespace,
+            self.partitions_of(namespace) if namespace in self.graphs else (),
+            len(graph.index),
+            graph.schema.document if graph.schema else None,
+            self.applied.get(msg.partition),
+        )
+        return Reply(None, namespace=namespace, export=plan)
+
     def _stats(self, graph: Graph) -> dict[str, Any]:
         index = graph.index
         histogram = index.degree_histogram()
@@ -885,4 +940,4 @@ def _event(event: DomainEvent, namespace: str, now: datetime, request_id: str, p
     )
 
 
-__all__ = ["Deferred", "Limits", "NamespaceService", "Received", "Reply", "canonical_key"]
+__all__ = ["Deferred", "ExportPlan", "Limits", "NamespaceService", "Received", "Reply", "canonical_key"]

@@ -91,6 +91,24 @@ class Settings(BaseSettings):
         ge=0,
         description="log where the event loop is when it has not run for this long; 0: off",
     )
+    export_chunk_bytes: int = Field(
+        default=512 * 1024,
+        ge=4096,
+        le=800 * 1024,
+        description="the largest chunk of an export's answer, as JSON (under the results' 900 KiB)",
+    )
+    export_max_running: int = Field(
+        default=2, ge=1, description="exports a worker streams at once; more answer resource_limit"
+    )
+    export_slice_ms: float = Field(
+        default=20.0,
+        gt=0,
+        le=200,
+        description="how long an export reads its snapshot before it lets the event loop run again",
+    )
+    export_publish_timeout_s: float = Field(
+        default=60.0, gt=0, description="how long an export waits for one chunk to be published"
+    )
     web_port: int = Field(default=6066, description="Faust's web server port")
     web_enabled: bool = False
     metrics_port: int = Field(default=9464, description="Prometheus /metrics port; 0 disables")

@@ -61,6 +61,10 @@ class ErrorCode(StrEnum):
     PATTERN_DEPRECATED = "pattern_deprecated"
     #: the pattern store (Redis) did not answer after retries; the request may be retried
     STORE_UNAVAILABLE = "store_unavailable"
+    #: a backup file's header names a format or format version this version cannot read
+    UNKNOWN_FORMAT_VERSION = "unknown_format_version"
+    #: a backup file is not what its header says (a line is not JSON, a field is missing, cut short)
+    INVALID_BACKUP = "invalid_backup"
 
 
 class NexusError(Exception):
@@ -176,6 +180,14 @@ class PatternDeprecated(NexusError):
 
 class StoreUnavailable(NexusError):
     code = ErrorCode.STORE_UNAVAILABLE
+
+
+class UnknownFormatVersion(NexusError):
+    code = ErrorCode.UNKNOWN_FORMAT_VERSION
+
+
+class InvalidBackup(NexusError):
+    code = ErrorCode.INVALID_BACKUP
 
 
 class InternalError(NexusError):

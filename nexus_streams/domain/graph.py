@@ -357,3 +357,45 @@ def plan_expire(graph: Graph, now: datetime) -> Outcome:
         graph._write(rel.key, None)
         events.append(DomainEvent("relationship_expired", {"relationship": rel.to_dict()}))
     return Outcome({"expired": len(events)}, events)
+
+
+def plan_restore(graph: Graph, restored: Relationship) -> Outcome:
+    """Put `restored` back as a backup has it (its version and timestamps included): created if
+    missing, overwritten if present, so that restoring the same backup twice changes nothing."""
+    source, type_, target = restored.source, restored.type, restored.target
+    check_endpoints(source, target)
+    check_metadata(restored.metadata)
+    _check_schema(graph, source, type_, target)
+    key = canonical_key(source, type_, target)
+    previous = graph.get(key)
+    if previous is None and key.type is RelationType.PARENT:
+        cycle = _hierarchy_cycle(graph, key.source, key.target)
+        if cycle is not None:
+            raise CycleDetected(
+                f"{key.source} parent {key.target} would close a cycle in the hierarchy: "
+                + " -> ".join(cycle),
+                cycle=cycle,
+            )
+    rel = Relationship(
+        namespace=graph.namespace,
+        source=key.source,
+        type=key.type,
+        target=key.target,
+        metadata=restored.metadata,
+        version=restored.version,
+        created_at=restored.created_at,
+        updated_at=restored.updated_at,
+        expires_at=restored.expires_at,
+    )
+    if previous == rel:
+        return Outcome({"relationship": _identity(rel), "restored": False})
+    graph._write(key, rel)
+    data = rel.to_dict()
+    return Outcome(
+        {"relationship": _identity(rel), "restored": True},
+        [DomainEvent("relationship_restored", {"relationship": data})],
+    )
+
+
+def _identity(rel: Relationship) -> dict[str, Any]:
+    return {"source": rel.source, "type": rel.type.value, "target": rel.target, "version": rel.version}

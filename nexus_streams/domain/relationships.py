@@ -39,9 +39,10 @@ class RelationType(StrEnum):
     CHILD = "child"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class RelationshipKey:
-    """Identity of a relationship in its canonical form (see `canonical_key`)."""
+    """Identity of a relationship in its canonical form (see `canonical_key`). Ordered, so that
+    the expiry heap can hold two relationships that expire at the same instant."""
 
     source: str
     type: RelationType

@@ -35,12 +35,13 @@ from nexus_streams.domain.relationships import SEP
 from nexus_streams.domain.validation import PatternLimits
 from nexus_streams.executions import Executions, ExecutionStats, PatternLookup
 from nexus_streams.logs import log_reply
+from nexus_streams.messages import Result
 from nexus_streams.metrics import INPUT_TOPICS, Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
 from nexus_streams.patterns import SystemPatterns
-from nexus_streams.replies import Outbound, Received, unforeseen
+from nexus_streams.replies import Outbound, Received, result_message, unforeseen
 from nexus_streams.runtime import GcEpochs, GcSettings, LoopWatch
-from nexus_streams.service import Limits, NamespaceService, Reply, RequestWindow
+from nexus_streams.service import ExportPlan, Limits, NamespaceService, Reply, RequestWindow
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.cache import PatternCache
@@ -49,6 +50,7 @@ from nexus_streams.streams import consumer as batch_consumer
 from nexus_streams.streams.batches import Batches
 from nexus_streams.streams.deadletters import watch_waiting
 from nexus_streams.streams.dump import consumer_state
+from nexus_streams.streams.export import ExportLimits, Exports, take_snapshot
 from nexus_streams.streams.journal import JOURNAL_KIND, Journal, answered
 from nexus_streams.streams.outbox import Outbox
 from nexus_streams.streams.stores import STORE_CLASS, stores_of
@@ -203,6 +205,17 @@ class NamespaceActor:
             ),
         )
         self._pending: set[asyncio.Task[None]] = set()
+        #: exports streaming their chunks (streams/export.py)
+        self.exports = Exports(
+            ExportLimits(
+                chunk_bytes=settings.export_chunk_bytes,
+                max_running=settings.export_max_running,
+                slice_s=settings.export_slice_ms / 1000,
+                publish_timeout_s=settings.export_publish_timeout_s,
+            ),
+            self._publish_export,
+            self.service.clock,
+        )
         #: Redis statistics: a pipeline per 50 ms at most (one per execution at a steady rate
         #: cost 9% of the worker's main thread)
         self._statistics: Batches[ExecutionRecord] = Batches(
@@ -224,6 +237,7 @@ class NamespaceActor:
         """After recovery: the live graphs from the tables (the tables are the authority)."""
         started = time.perf_counter()
         await self.writer.drain(REBUILD_DRAIN_S)  # flushes in flight land before the state is read
+        self.exports.cancel_all()
         self.writer.reset()
         self.journal.forget()
         self.window.forget()
@@ -416,6 +430,8 @@ class NamespaceActor:
         self._after_publish(reply, started)
 
     def _after_publish(self, reply: Reply, started: float) -> None:
+        if reply.on_published is not None:
+            reply.on_published()
         if reply.wake_at is not None:
             self.schedule_resume(*reply.wake_at)
         if reply.execution_stats is not None:
@@ -527,12 +543,47 @@ class NamespaceActor:
                 await self.dispatch(reply, started, seal=False)
 
     async def dispatch(self, reply: Reply, started: float, seal: bool = True) -> None:
+        if reply.export is not None:
+            await self.start_export(reply.export, started)
+            return
         if reply.deferred is None:
             await self.complete(reply, started, seal)
             return
         task = asyncio.create_task(self.run_deferred(reply, started))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def start_export(self, plan: ExportPlan, started: float) -> None:
+        """Snapshot the namespace's records now, between two messages of its partition, and
+        stream them back in chunks while the partition goes on (streams/export.py)."""
+        refused = self.exports.refuse(plan)
+        if refused is not None:
+            reply = Reply(plan.msg, [result_message(refused)], namespace=plan.namespace, result=refused)
+            await self.complete(reply, started, seal=False)
+            return
+        items = take_snapshot(self.writer, stores_of(self.tables.state), plan.partitions, plan.namespace)
+        self.exports.start(plan, items)
+
+    async def _publish_export(self, result: Result, plan: ExportPlan, last: bool) -> None:
+        """One chunk of an export, published after the state of its partition's open cycle (so
+        after the state it shows); the last one acknowledges the export's message."""
+        published = asyncio.get_running_loop().create_future()
+
+        def done() -> None:
+            if not published.done():
+                published.set_result(None)
+
+        reply = Reply(
+            plan.msg if last else None,
+            [result_message(result)],
+            namespace=plan.namespace,
+            result=result if last else None,
+            on_published=done,
+        )
+        partition = plan.msg.partition
+        self.writer.attach(partition, (reply, time.perf_counter()))
+        self.writer.seal(partition)
+        await published
 
     async def prefetch(self, received: Received) -> PatternLookup:
         """The patterns an execution message needs (its pattern and those it includes), fetched

@@ -104,6 +104,14 @@ class StateWriter:
                 return state.inflight.writes[key]
         return self._stores().get(partition, key)
 
+    def unflushed(self, partition: int) -> list[dict[bytes, bytes | None]]:
+        """Copies of the writes not yet in the store: the cycle in flight, then the open one."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return []
+        cycles = [state.inflight, state.open] if state.inflight is not None else [state.open]
+        return [dict(cycle.writes) for cycle in cycles]
+
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         cycle = self._partition(partition).open
         writes = cycle.writes

@@ -285,6 +285,7 @@ def test_parse_action__queries__unknown_action(action: str) -> None:
             "resolve_dependencies",
             "analyze",
             "stats",
+            "export",
         ],
     }
     assert "queries" in info.value.message
