@@ -14,7 +14,7 @@ Which changes can alter an answer:
   Matched: only a removed relationship of the witness path (any other path is still there).
 - `detect_cycles` (a cycle reachable from an entity), not matched: only an added relationship
   whose end is reachable (the reachable set grows only that way); matched: only a removed
-  relationship between two consecutive entities of the witness cycle.
+  relationship of the witness: the cycle, or the chain that leads from the entity to it.
 - `neighbors` (a count over or under a threshold): a change at the entity.
 A relationship of a type the query does not follow changes nothing. A query whose watched set
 would exceed `max_watched` entities is *wide*: any change of a followed type is evaluated.
@@ -184,9 +184,39 @@ def _detect_cycles(index: GraphIndex, query: StandingQuery, visit_limit: int, ma
         )
     except CycleDetected as exc:
         cycle = list(exc.details["cycle"])
-        return Evaluation(Answer(True, {"cycle": cycle}), frozenset(cycle), len(cycle))
+        lead = _lead_in(index, query, cycle[0], min(max_watched, visit_limit))
+        if lead is None:  # too far to watch: any removal it follows may end the match
+            return Evaluation(Answer(True, {"cycle": cycle}), None, len(cycle) + max_watched)
+        witness = {"cycle": cycle, "path": lead}
+        return Evaluation(Answer(True, witness), frozenset(cycle + lead), len(cycle) + len(lead))
     watched = frozenset(reachable) if len(reachable) <= max_watched else None
     return Evaluation(Answer(False), watched, len(reachable))
+
+
+def _lead_in(index: GraphIndex, query: StandingQuery, to: str, limit: int) -> list[str] | None:
+    """The entities from `query.entity` to `to` along a shortest chain of followed relationships
+    (removing one of them may make the cycle unreachable); None when more than `limit` are reachable."""
+    if to == query.entity:
+        return [to]
+    types = algorithms.dependency_types(query.types)
+    try:
+        walk = algorithms.traverse(
+            index,
+            query.entity,
+            max_depth=index.entity_count,
+            direction=Direction.OUT,
+            types=types,
+            limit=limit,
+        )
+    except ResourceLimit:
+        return None
+    before = {}
+    for (entity, _), key in zip(walk.entities, walk.relationships, strict=True):
+        before[entity] = key.source if key.target == entity else key.target
+    lead = [to]
+    while lead[-1] != query.entity:
+        lead.append(before[lead[-1]])
+    return lead[::-1]
 
 
 def _neighbors(index: GraphIndex, query: StandingQuery, visit_limit: int) -> Evaluation:
@@ -218,7 +248,7 @@ class _Watch:
     answer: Answer | None
     entities: frozenset[str] | None
     #: matched: the witness's relationships (find_path) or consecutive pairs (detect_cycles)
-    witness_keys: frozenset[tuple[str, str]] = frozenset()
+    witness_keys: frozenset[tuple[str, str]] | None = frozenset()
 
 
 @dataclass
@@ -243,13 +273,19 @@ class Watches:
         self.unwatch(subscription_id)
         answer = evaluation.answer
         entities = evaluation.watched if answer is not None else None
-        pairs: frozenset[tuple[str, str]] = frozenset()
+        pairs: frozenset[tuple[str, str]] | None = frozenset()
         if answer is not None and answer.matched and answer.witness is not None:
             if query.kind == "find_path":
                 pairs = frozenset(_pair(r["source"], r["target"]) for r in answer.witness["relationships"])
             elif query.kind == "detect_cycles":
                 cycle = answer.witness["cycle"]
-                pairs = frozenset(_pair(a, b) for a, b in zip(cycle, cycle[1:], strict=False))
+                lead = answer.witness.get("path")
+                chain = list(zip(cycle, cycle[1:], strict=False))
+                if lead is None:
+                    pairs = None
+                else:
+                    chain += list(zip(lead, lead[1:], strict=False))
+                    pairs = frozenset(_pair(a, b) for a, b in chain)
         self._watches[subscription_id] = _Watch(query, answer, entities, pairs)
         if answer is None:
             self.stale.add(subscription_id)
@@ -305,7 +341,9 @@ def _may_change(watch: _Watch, touch: Touch) -> bool:
         return True
     if not answer.matched:
         return touch.added
-    return not touch.added and _pair(key.source, key.target) in watch.witness_keys
+    if touch.added:
+        return False
+    return watch.witness_keys is None or _pair(key.source, key.target) in watch.witness_keys
 
 
 def touches_of(changes: Iterable[Change]) -> Iterator[Touch]:
