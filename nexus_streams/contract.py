@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 
 from nexus_streams import __version__
-from nexus_streams.messages import GraphQuery, PatternCommand, RelationshipCommand
+from nexus_streams.messages import GraphQuery, PatternCommand, RelationshipCommand, SubscriptionCommand
 from nexus_streams.settings import Settings
 from nexus_streams.topics import ALL_TOPICS, Header, Partitioning, TopicSpec
 
@@ -23,6 +23,8 @@ HEADER_DOCS: dict[Header, str] = {
     Header.PATTERN_ID: "the pattern id, on pattern events and events of a pattern execution",
     Header.PATTERN_VERSION: "the pattern version, where the event has one",
     Header.NAMESPACE: "the namespace",
+    Header.SUBSCRIPTION_ID: "the subscription, on standing_query_matched and standing_query_unmatched "
+    "events (docs/standing-queries.md)",
     Header.REQUEST_ID: "the request's `request_id`",
     Header.STATUS: "`ok` or `error`",
     Header.ERROR_CODE: "why it was dead-lettered: undecodable, invalid_key, validation_error, ...",
@@ -46,6 +48,7 @@ JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 UNIONS: tuple[tuple[str, Any], ...] = (
     ("RelationshipCommand", RelationshipCommand),
     ("GraphQuery", GraphQuery),
+    ("SubscriptionCommand", SubscriptionCommand),
     ("PatternCommand", PatternCommand),
 )
 

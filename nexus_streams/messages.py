@@ -303,6 +303,109 @@ QUERY_ACTIONS: dict[str, type[Inbound]] = {
 }
 
 
+# -- standing queries (docs/standing-queries.md) ------------------------------------------------
+
+SubscriptionId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+        description="client-chosen, unique in the namespace: 1-64 letters, digits and . _ : -",
+    ),
+]
+
+
+class StandingFindPath(Step):
+    """Matched while a path of at most max_depth relationships leads from source to target."""
+
+    action: Literal["find_path"]
+    source: EntityId
+    target: EntityId
+    max_depth: int = Field(default=3, ge=1, le=10)
+    types: TypeFilter = None
+    direction: DirectionField = "both"
+
+
+class StandingDetectCycles(Step):
+    """Matched while a directed cycle over `types` is reachable from `entity`."""
+
+    action: Literal["detect_cycles"]
+    entity: EntityId
+    types: TypeFilter = None
+
+
+class StandingNeighbors(Step):
+    """Matched while the entity's count of matching relationships is over `count_over` (or
+    under `count_under`; exactly one of them)."""
+
+    action: Literal["neighbors"]
+    entity: EntityId
+    types: TypeFilter = None
+    direction: DirectionField = "both"
+    count_over: int | None = Field(default=None, ge=0)
+    count_under: int | None = Field(default=None, ge=1)
+
+
+StandingQuerySpec = Annotated[
+    StandingFindPath | StandingDetectCycles | StandingNeighbors, Field(discriminator="action")
+]
+
+
+class OnMatch(Step):
+    """A pattern to run each time the subscription's answer turns to matched; its request_id is
+    the match's id, so it runs once per match."""
+
+    pattern_id: str = Field(min_length=1, max_length=128)
+    version: int | None = Field(default=None, ge=1)
+    input: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the execution input; templates `{{input.<field>}}` read the match "
+        "(subscription_id, match_id, offset, witness)",
+    )
+
+
+class Subscribe(Inbound):
+    """Register a standing query on the namespace (the key)."""
+
+    action: Literal["subscribe"]
+    subscription_id: SubscriptionId
+    query: StandingQuerySpec
+    on_match: OnMatch | None = None
+
+
+class Unsubscribe(Inbound):
+    """Remove a standing query (ok, `removed: false`, when there is none)."""
+
+    action: Literal["unsubscribe"]
+    subscription_id: SubscriptionId
+
+
+class ListSubscriptions(Inbound):
+    """The namespace's standing queries with their current answers."""
+
+    action: Literal["list_subscriptions"]
+
+
+SubscriptionCommand = Annotated[Subscribe | Unsubscribe | ListSubscriptions, Field(discriminator="action")]
+SUBSCRIPTION_ACTIONS: dict[str, type[Inbound]] = {
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "list_subscriptions": ListSubscriptions,
+}
+
+
+class TriggerExecution(Inbound):
+    """Sent by the worker itself when a subscription with `on_match` matches: runs the
+    subscription's pattern on the input it rendered then (kept in the subscription, not read from
+    this message), as the subscriber. Harmless if repeated: its request_id is the match's id."""
+
+    action: Literal["trigger"]
+    subscription_id: SubscriptionId
+    pattern_id: str = Field(min_length=1, max_length=128, description="for the worker's pattern prefetch")
+    version: int | None = Field(default=None, ge=1)
+
+
 class ExecutionRequest(Inbound):
     """Run a stored pattern in the namespace given by the key."""
 

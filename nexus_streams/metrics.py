@@ -30,16 +30,27 @@ from nexus_streams.domain.errors import ErrorCode
 from nexus_streams.domain.graph import Graph, Put
 from nexus_streams.domain.index import CANONICAL_TYPES
 from nexus_streams.executions import ExecutionStats
-from nexus_streams.messages import PATTERN_ACTIONS, QUERY_ACTIONS, RELATIONSHIP_ACTIONS, ErrorBody
+from nexus_streams.messages import (
+    PATTERN_ACTIONS,
+    QUERY_ACTIONS,
+    RELATIONSHIP_ACTIONS,
+    SUBSCRIPTION_ACTIONS,
+    ErrorBody,
+)
 from nexus_streams.replies import ACCESS_DENIED_CODES, denial_reason
 from nexus_streams.service import Reply
 from nexus_streams.store.redis import Durability
+from nexus_streams.subscriptions import StandingStats
 from nexus_streams.topics import DEADLETTER, EXECUTIONS, PATTERNS, QUERIES, RELATIONSHIPS, TopicSpec
 from nexus_streams.topics import Header as H
 
 log = logging.getLogger(__name__)
 KNOWN_ACTIONS = (
-    frozenset(RELATIONSHIP_ACTIONS) | frozenset(QUERY_ACTIONS) | frozenset(PATTERN_ACTIONS) | {"execute"}
+    frozenset(RELATIONSHIP_ACTIONS)
+    | frozenset(QUERY_ACTIONS)
+    | frozenset(SUBSCRIPTION_ACTIONS)
+    | frozenset(PATTERN_ACTIONS)
+    | {"execute"}
 )
 KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 #: the topics the agents consume (lag and assignment are exported for these)
@@ -67,6 +78,8 @@ REDIS_ERRORS = {
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 REDIS_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
 SNAPSHOT_AGE_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120, 300)
+#: time per change spent on standing queries: microseconds for a few, tens of ms at the budget
+STANDING_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 KAFKA_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: namespaces exported by name in the graph size gauges (per worker); the rest are `_other`
 TOP_NAMESPACES = 20
@@ -232,6 +245,34 @@ class Metrics:
         self._relationship_series = _Series(self.graph_relationships)
         self._entity_series = _Series(self.graph_entities)
 
+        # -- standing queries (docs/standing-queries.md) -----------------------------------------
+        self.standing_subscriptions = Gauge(
+            "nexus_standing_subscriptions", "Standing queries of the namespaces this worker owns", registry=r
+        )
+        self.standing_evaluations = Counter(
+            "nexus_standing_evaluations",
+            "Standing queries evaluated after a committed change (only those it can affect)",
+            registry=r,
+        )
+        self.standing_answers = Counter(
+            "nexus_standing_answers",
+            "Standing query answers that changed: matched or unmatched (one event each)",
+            ["change"],
+            registry=r,
+        )
+        self.standing_over_budget = Counter(
+            "nexus_standing_over_budget",
+            "Standing queries left unanswered by a change (over NEXUS_SUBSCRIPTION_VISIT_BUDGET); "
+            "they are evaluated on the following changes",
+            registry=r,
+        )
+        self.standing_seconds = Histogram(
+            "nexus_standing_change_seconds",
+            "Time one committed change spent evaluating its namespace's standing queries",
+            buckets=STANDING_BUCKETS_S,
+            registry=r,
+        )
+
         # -- Kafka consumer and Faust ------------------------------------------------------------
         self.consumer_lag = Gauge(
             "nexus_consumer_lag",
@@ -327,6 +368,8 @@ class Metrics:
                 self.errors.labels(spec.name, code)
         for reason in DENIAL_REASONS:
             self.access_denied.labels(reason)
+        for change in ("matched", "unmatched"):
+            self.standing_answers.labels(change)
 
     # -- driven by the agents ------------------------------------------------------------------
 
@@ -362,15 +405,27 @@ class Metrics:
                 for step in steps.values():
                     status = step.get("status") if isinstance(step, dict) else None
                     self.steps.labels(result.pattern_id, status if status in STEP_STATUSES else "other").inc()
+        self._observe_changes(reply)
+        for out in reply.outbound:
+            if out.spec is DEADLETTER:
+                reason = out.headers.get(H.ERROR_CODE.value, b"other").decode()
+                self.deadletters.labels(spec.name, reason if reason in DEADLETTER_REASONS else "other").inc()
+
+    def _observe_changes(self, reply: Reply) -> None:
         puts = sum(1 for change in reply.changes if isinstance(change, Put))
         if puts:
             self.graph_changes.labels("put").inc(puts)
         if len(reply.changes) > puts:
             self.graph_changes.labels("remove").inc(len(reply.changes) - puts)
-        for out in reply.outbound:
-            if out.spec is DEADLETTER:
-                reason = out.headers.get(H.ERROR_CODE.value, b"other").decode()
-                self.deadletters.labels(spec.name, reason if reason in DEADLETTER_REASONS else "other").inc()
+        if reply.standing is not None:
+            self._observe_standing(reply.standing)
+
+    def _observe_standing(self, standing: StandingStats) -> None:
+        self.standing_evaluations.inc(standing.evaluations)
+        self.standing_seconds.observe(standing.seconds)
+        self.standing_answers.labels("matched").inc(standing.matched)
+        self.standing_answers.labels("unmatched").inc(standing.unmatched)
+        self.standing_over_budget.inc(standing.over_budget)
 
     def _count_denial(self, error: ErrorBody) -> None:
         if error.code in DENIAL_CODES:

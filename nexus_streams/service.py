@@ -15,6 +15,7 @@ Three kinds of answer:
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -34,11 +35,14 @@ from nexus_streams.codec import (
 )
 from nexus_streams.domain import algorithms, analysis
 from nexus_streams.domain.access import AccessPolicy
+from nexus_streams.domain.auth import EXECUTIONS_RUN, Grant, Scopes
 from nexus_streams.domain.errors import (
     BatchTooLarge,
     ErrorCode,
+    Forbidden,
     InternalError,
     NexusError,
+    NotFound,
     PathNotFound,
     ResourceLimit,
     Timeout,
@@ -74,6 +78,7 @@ from nexus_streams.messages import (
     NAMESPACE_REGEX,
     QUERY_ACTIONS,
     RELATIONSHIP_ACTIONS,
+    SUBSCRIPTION_ACTIONS,
     Analyze,
     Batch,
     CreateFields,
@@ -88,6 +93,7 @@ from nexus_streams.messages import (
     FindPath,
     GetRelationship,
     Inbound,
+    ListSubscriptions,
     Neighbors,
     Query,
     ResolveDependencies,
@@ -97,7 +103,10 @@ from nexus_streams.messages import (
     SourceRef,
     Stats,
     Step,
+    Subscribe,
     Traverse,
+    TriggerExecution,
+    Unsubscribe,
     UpdateFields,
     utcnow,
 )
@@ -109,6 +118,7 @@ from nexus_streams.replies import (
     failure,
     result_message,
 )
+from nexus_streams.subscriptions import Cause, StandingStats, SubscriptionLimits, Subscriptions, Write
 from nexus_streams.topics import EXECUTIONS, QUERIES, RELATIONSHIPS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -116,6 +126,8 @@ log = logging.getLogger(__name__)
 NAMESPACE_PATTERN = re.compile(NAMESPACE_REGEX.strip("^$"))
 #: outcomes that may change when the request is sent again (the README says to retry them)
 _NOT_FINAL = frozenset({ErrorCode.INTERNAL_ERROR, ErrorCode.STORE_UNAVAILABLE})
+#: what the queries topic takes: graph queries and standing queries
+_QUERIES_TOPIC_ACTIONS = {**QUERY_ACTIONS, **SUBSCRIPTION_ACTIONS}
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,9 @@ class Limits:
     snapshot_max_age_s: float = 30.0
     min_offset_wait_s: float = 30.0
     max_nesting_depth: int = MAX_NESTING_DEPTH
+    subscriptions_per_namespace: int = 1000
+    subscription_visit_budget: int = 50_000
+    subscription_max_watched: int = 10_000
 
 
 @dataclass(slots=True)
@@ -183,6 +198,12 @@ class Reply:
     on_published: Callable[[], None] | None = None
     #: published again from the journal (a redelivery after a crash): not journaled again
     replayed: bool = False
+    #: subscriptions to store (namespace, subscription_id, state) or to drop (state None)
+    subscriptions: list[Write] = field(default_factory=list)
+    #: what the change cost the namespace's standing queries (metrics)
+    standing: StandingStats | None = None
+    #: the reply of a standing query's trigger: its matches run no further triggers
+    from_trigger: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +323,15 @@ class NamespaceService:
         self.offload: Callable[..., Any] = offload or (lambda fn, *args, **kwargs: fn(*args, **kwargs))
         self.graphs: dict[str, Graph] = {}
         self.executions = executions or Executions(AccessPolicy.of(()))
+        limits = self.limits
+        self.subscriptions = Subscriptions(
+            SubscriptionLimits(
+                per_namespace=limits.subscriptions_per_namespace,
+                visit_budget=limits.subscription_visit_budget,
+                max_watched=limits.subscription_max_watched,
+                visit_limit=limits.visit_limit,
+            )
+        )
         #: relationships-topic partition -> highest offset applied
         self.applied: dict[int, int] = {}
         self._parked: dict[int, list[_Parked]] = {}
@@ -332,6 +362,7 @@ class NamespaceService:
         """Forget everything: the assignment changed, state is reloaded, parked queries come again."""
         self.graphs.clear()
         self.executions.reset()
+        self.subscriptions.reset()
         self._parked.clear()
         self._partitions.clear()
         self.applied.clear()
@@ -347,6 +378,13 @@ class NamespaceService:
     def load_progress(self, partition: int, offset: int) -> None:
         self.applied[partition] = max(offset, self.applied.get(partition, -1))
 
+    def load_subscription(self, namespace: str, subscription_id: str, state: dict[str, Any]) -> None:
+        self.subscriptions.load(namespace, subscription_id, state)
+
+    def loaded(self) -> None:
+        """Every kind loaded: what the subscriptions watch, from the graphs."""
+        self.subscriptions.index(lambda namespace: self.graph(namespace).index)
+
     # -- the actor -----------------------------------------------------------------------------
 
     def handle(self, msg: Received, patterns: PatternLookup | None = None) -> list[Reply]:
@@ -358,6 +396,8 @@ class NamespaceService:
         for reply in replies:
             if reply.remember is not None and reply.remember.request_id is not None:
                 reply.remembered = Remembered.of(reply)
+            if reply.changes and reply.message is not None:
+                self._after_change(reply, reply.message)
         if msg.spec is RELATIONSHIPS:
             # every message of the relationships topic counts as applied, answered or not
             self.applied[msg.partition] = max(msg.offset, self.applied.get(msg.partition, -1))
@@ -393,7 +433,78 @@ class NamespaceService:
             return [self._error(msg, namespace, request_id, action, data, exc)]
         if isinstance(command, Query):
             return self._query(msg, namespace, command)
+        if isinstance(command, Subscribe | Unsubscribe | ListSubscriptions):
+            return [self._subscription(msg, namespace, command)]
         return [self._command(msg, namespace, command, data)]
+
+    # -- standing queries (docs/standing-queries.md) -------------------------------------------
+
+    def _subscription(
+        self, msg: Received, namespace: str, command: Subscribe | Unsubscribe | ListSubscriptions
+    ) -> Reply:
+        subscriptions = self.subscriptions
+        write: Write | None = None
+        try:
+            if isinstance(command, Subscribe):
+                grant = self.executions.lookup.grant
+                scopes = None if grant is None else sorted(grant.scopes.granted)
+                if grant is not None and command.on_match is not None:
+                    needed = f"{EXECUTIONS_RUN}:{namespace}"
+                    if not grant.scopes.allows(needed):
+                        raise Forbidden(
+                            f"forbidden: on_match runs a pattern as {grant.principal}, which needs "
+                            f"the scope {needed}",
+                            missing_scope=needed,
+                            principal=grant.principal,
+                        )
+                principal = command.principal if grant is None else grant.principal
+                graph = self.graphs.get(namespace) or Graph(namespace, self.records_for(namespace))
+                output, write = subscriptions.subscribe(
+                    graph.index, namespace, command, principal, scopes, msg.offset
+                )
+                if write is not None:
+                    self.note_partition(namespace, msg.partition)
+                    self.graph(namespace)  # the namespace has state now
+            elif isinstance(command, Unsubscribe):
+                output, write = subscriptions.unsubscribe(namespace, command.subscription_id)
+            else:
+                output = subscriptions.listing(namespace)
+        except NexusError as exc:
+            return self._error(msg, namespace, command.request_id, command.action, _who(command), exc)
+        reply = self._ok(msg, namespace, command, Outcome(output))
+        if write is not None:
+            reply.subscriptions.append(write)
+        return reply
+
+    def _after_change(self, reply: Reply, msg: Received) -> None:
+        """The standing queries a committed change can affect, evaluated; their new answers go
+        with the change's reply (its state cycle, its journal record)."""
+        namespace = reply.namespace
+        graph = self.graphs.get(namespace)
+        if graph is None:
+            return
+        result = reply.result
+        cause = Cause(
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            result.request_id if result is not None else None,
+            from_trigger=reply.from_trigger,
+        )
+        try:
+            after = self.subscriptions.after_change(
+                graph.index, namespace, reply.changes, cause, self.clock()
+            )
+        except Exception:  # the change is committed: a bug here must not lose it
+            log.exception(
+                "standing queries of %s not evaluated after %s@%d", namespace, msg.topic, msg.offset
+            )
+            return
+        if after is None:
+            return
+        reply.outbound += after.outbound
+        reply.subscriptions += after.writes
+        reply.standing = after.stats
 
     def release_overdue(self) -> list[Reply]:
         """Answer parked queries whose wait ran out with a `timeout` error."""
@@ -428,10 +539,12 @@ class NamespaceService:
         if spec is RELATIONSHIPS:
             return parse_action(RELATIONSHIP_ACTIONS, data, "relationships")
         if spec is QUERIES:
-            return parse_action(QUERY_ACTIONS, data, "queries")
+            return parse_action(_QUERIES_TOPIC_ACTIONS, data, "queries")
         if spec is EXECUTIONS:
             if data.get("action") == "resume":
                 return parse_model(ResumeExecution, data)
+            if data.get("action") == "trigger":
+                return parse_model(TriggerExecution, data)
             return parse_model(ExecutionRequest, data)
         raise ValueError(f"the namespace actor does not read {spec.name}")
 
@@ -460,6 +573,8 @@ class NamespaceService:
         return replies
 
     def _command(self, msg: Received, namespace: str, command: Inbound, data: dict[str, Any]) -> Reply:
+        if isinstance(command, TriggerExecution):
+            return self._trigger(msg, namespace, command, data)
         if isinstance(command, ExecutionRequest | ResumeExecution):
             return self._execute(msg, namespace, command, data)
         graph = self.graph(namespace)
@@ -578,6 +693,35 @@ class NamespaceService:
         raise ValidationFailed(f"{type(step).__name__} is not a relationship command")
 
     # -- executions ----------------------------------------------------------------------------
+
+    def _trigger(
+        self, msg: Received, namespace: str, command: TriggerExecution, data: dict[str, Any]
+    ) -> Reply:
+        """A standing query's match runs its pattern: the input rendered at the match, kept in the
+        subscription; as the subscriber, with the scopes it had when it subscribed."""
+        if (namespace, command.request_id) in self.executions.waiting:
+            return Reply(msg, namespace=namespace)  # running (waiting for a retry)
+        taken = self.subscriptions.take_trigger(namespace, command.subscription_id, command.request_id)
+        if taken is None:
+            exc = NotFound(
+                f"subscription {command.subscription_id!r} has no pending trigger {command.request_id!r}",
+                subscription_id=command.subscription_id,
+            )
+            return self._error(msg, namespace, command.request_id, "execute", data, exc, command.pattern_id)
+        sub, run, write = taken
+        request = ExecutionRequest(
+            request_id=command.request_id,
+            principal=sub.principal,
+            pattern_id=run["pattern_id"],
+            version=run.get("version"),
+            input=run["input"],
+        )
+        if sub.scopes is not None:  # a trigger's rights: the subscriber's when it subscribed
+            self.executions.lookup.grant = Grant(sub.principal, Scopes(sub.scopes), math.inf)
+        reply = self._execute(msg, namespace, request, {"principal": sub.principal})
+        reply.subscriptions.append(write)
+        reply.from_trigger = True
+        return reply
 
     def _execute(
         self, msg: Received, namespace: str, command: ExecutionRequest | ResumeExecution, data: dict[str, Any]

@@ -57,6 +57,21 @@ class Settings(BaseSettings):
         description="entities one bounded traversal may visit (bench/graph.py: 25,000 keeps a step "
         "well under 50 ms on 2 cores)",
     )
+    subscriptions_per_namespace: int = Field(
+        default=1000, ge=1, description="standing queries one namespace may hold (docs/standing-queries.md)"
+    )
+    subscription_visit_budget: int = Field(
+        default=50_000,
+        ge=100,
+        description="entities the standing queries' evaluations after one change may visit together; "
+        "those that do not fit are answered on a later change",
+    )
+    subscription_max_watched: int = Field(
+        default=10_000,
+        ge=1,
+        description="entities one standing query watches at most; past it, every change of a type it "
+        "follows evaluates it",
+    )
     snapshot_max_age_s: float = Field(
         default=30.0, ge=0, description="analysis reuses an igraph snapshot up to this age"
     )

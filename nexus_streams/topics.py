@@ -15,11 +15,13 @@ from nexus_streams.messages import (
     PATTERN_ACTIONS,
     QUERY_ACTIONS,
     RELATIONSHIP_ACTIONS,
+    SUBSCRIPTION_ACTIONS,
     DeadLetter,
     DeadLetterHandled,
     Event,
     ExecutionRequest,
     Result,
+    TriggerExecution,
 )
 from nexus_streams.settings import Settings
 
@@ -50,6 +52,7 @@ class Header(StrEnum):
     SOURCE_PARTITION = "nexus-source-partition"
     SOURCE_OFFSET = "nexus-source-offset"
     REDRIVE_COUNT = "nexus-redrive-count"
+    SUBSCRIPTION_ID = "nexus-subscription-id"
 
 
 #: the headers that dead-lettering sets and a redrive removes; a dead letter keeps the original
@@ -98,8 +101,12 @@ QUERIES = TopicSpec(
     key="namespace (UTF-8); a missing key means `default`",
     partitioning=Partitioning.NAMESPACE,
     cleanup_policy="delete",
-    description="Graph queries (" + ", ".join(QUERY_ACTIONS) + "), answered on the results topic.",
-    messages=tuple(QUERY_ACTIONS.values()),
+    description="Graph queries ("
+    + ", ".join(QUERY_ACTIONS)
+    + ") and standing queries ("
+    + ", ".join(SUBSCRIPTION_ACTIONS)
+    + "), answered on the results topic.",
+    messages=tuple(QUERY_ACTIONS.values()) + tuple(SUBSCRIPTION_ACTIONS.values()),
     headers=(Header.AUTHORIZATION, Header.REDRIVE_COUNT),
 )
 EXECUTIONS = TopicSpec(
@@ -107,8 +114,9 @@ EXECUTIONS = TopicSpec(
     key="namespace (UTF-8); a missing key means `default`",
     partitioning=Partitioning.NAMESPACE,
     cleanup_policy="delete",
-    description="Pattern execution requests, run as transactions inside the namespace actor.",
-    messages=(ExecutionRequest,),
+    description="Pattern execution requests, run as transactions inside the namespace actor; "
+    "`trigger` is sent by the workers for a standing query's `on_match`.",
+    messages=(ExecutionRequest, TriggerExecution),
     headers=(Header.AUTHORIZATION, Header.REDRIVE_COUNT),
 )
 PATTERNS = TopicSpec(
@@ -137,7 +145,13 @@ EVENTS = TopicSpec(
     cleanup_policy="delete",
     description="Events: relationship_created, relationship_deleted, error, ...",
     messages=(Event,),
-    headers=(Header.EVENT_TYPE, Header.NAMESPACE, Header.PATTERN_ID, Header.PATTERN_VERSION),
+    headers=(
+        Header.EVENT_TYPE,
+        Header.NAMESPACE,
+        Header.PATTERN_ID,
+        Header.PATTERN_VERSION,
+        Header.SUBSCRIPTION_ID,
+    ),
     inbound=False,
 )
 DEADLETTER = TopicSpec(

@@ -117,8 +117,11 @@ TOPIC_SCOPES = {
 }
 #: commands a worker sends itself, without a token: each can only do what the worker would do
 #: anyway (remove relationships past their `expires_at`; go on with a waiting execution once
-#: its time has come), so they need none
-WORKER_COMMANDS = frozenset({("relationships", "expire"), ("executions", "resume")})
+#: its time has come; run a standing query's `on_match` trigger that its subscription holds, as
+#: its subscriber: docs/standing-queries.md), so they need none
+WORKER_COMMANDS = frozenset(
+    {("relationships", "expire"), ("executions", "resume"), ("executions", "trigger")}
+)
 
 
 def is_worker_command(topic: str, action: str | None) -> bool:

@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     #: the change would close a cycle in the parent/child hierarchy
     CYCLE_DETECTED = "cycle_detected"
+    #: a standing query of this subscription_id exists already, with another definition
+    SUBSCRIPTION_EXISTS = "subscription_exists"
     #: no path within the asked depth
     PATH_NOT_FOUND = "path_not_found"
     #: a step depends on an unknown step
@@ -136,6 +138,10 @@ class NotFound(NexusError):
 
 class CycleDetected(NexusError):
     code = ErrorCode.CYCLE_DETECTED
+
+
+class SubscriptionExists(NexusError):
+    code = ErrorCode.SUBSCRIPTION_EXISTS
 
 
 class PathNotFound(NexusError):

@@ -109,6 +109,9 @@ def limits_from(settings: Settings) -> Limits:
         snapshot_max_age_s=settings.snapshot_max_age_s,
         min_offset_wait_s=settings.min_offset_wait_s,
         max_nesting_depth=settings.max_nesting_depth,
+        subscriptions_per_namespace=settings.subscriptions_per_namespace,
+        subscription_visit_budget=settings.subscription_visit_budget,
+        subscription_max_watched=settings.subscription_max_watched,
     )
 
 
@@ -255,6 +258,7 @@ class NamespaceActor:
                 self._load(current, raw, partition)
             if migrated:
                 self.writer.seal(partition)
+        service.loaded()
         for partition, keys in self.window.loaded().items():  # a smaller NEXUS_REQUEST_RETENTION_COUNT
             for key in keys:
                 self.writer.put(partition, key, None)
@@ -303,6 +307,9 @@ class NamespaceActor:
             service.load_progress(int(key), int(value))
         elif kind == Kind.EXECUTION:
             service.executions.load(key, value)
+        elif kind == Kind.SUBSCRIPTION:
+            namespace, _, subscription_id = key.partition(SEP)
+            service.load_subscription(namespace, subscription_id, value)
 
     async def publish(self, out: Outbound) -> asyncio.Future[Any]:
         """Hand a message to the producer; returns its delivery (resolved once the broker has it)."""
@@ -376,6 +383,9 @@ class NamespaceActor:
             execution_key, execution = reply.execution_state
             value = None if execution is None else orjson.dumps(execution)
             put(partition, state_key(Kind.EXECUTION, execution_key).encode(), value)
+        for namespace, subscription_id, subscription in reply.subscriptions:
+            value = None if subscription is None else orjson.dumps(subscription)
+            put(partition, state_key(Kind.SUBSCRIPTION, namespace, subscription_id).encode(), value)
 
     async def complete(self, reply: Reply, started: float, seal: bool = True) -> None:
         """Stage a reply's state; its messages go out once that state is in the changelog: a
@@ -535,6 +545,8 @@ class NamespaceActor:
             patterns = await self.prefetch(received) if spec is EXECUTIONS else None
             if patterns is not None:
                 patterns.grant = admission.grant
+            elif spec is QUERIES and admission.grant is not None:  # a subscription keeps its scopes
+                patterns = PatternLookup(grant=admission.grant)
             replies = self.service.handle(received, patterns)
         for reply in replies:
             await self.dispatch(reply, started, seal=False)
@@ -726,6 +738,7 @@ class NamespaceActor:
             log.info("complete garbage collection (end of an epoch) in %.0f ms", collected * 1000)
         now = self.service.clock()
         self.metrics.executions_in_flight.set(len(self.service.executions.waiting))
+        self.metrics.standing_subscriptions.set(len(self.service.subscriptions))
         # observability: graph size gauges (throttled inside) and consumer lag
         self.metrics.observe_graphs(self.service.graphs)
         await self.metrics.observe_consumer(self.app.consumer, self.app.monitor, self.by_name)

@@ -29,6 +29,8 @@ class Kind:
     SCHEMA = "s"
     PROGRESS = "p"
     EXECUTION = "x"
+    #: standing queries: `w \x1f namespace \x1f subscription_id` (nexus_streams/subscriptions.py)
+    SUBSCRIPTION = "w"
 
 
 def state_key(kind: str, *parts: str) -> str:
@@ -130,7 +132,7 @@ class Tables:
             store=store,
             options=options,
             help="the namespace actor's state by kind (see Kind): relationship records, remembered "
-            "requests, schemas, applied offsets, waiting executions",
+            "requests, schemas, applied offsets, waiting executions, subscriptions",
         )
         self.pattern_requests = app.Table(
             "pattern_requests",

@@ -224,6 +224,16 @@ async def traffic(
     def create(type_: str, source: str, target: str, **fields: Any) -> dict[str, Any]:
         return {"action": "create", "type": type_, "source": source, "target": target, **fields}
 
+    # a standing query the first create matches (the standing-query panel)
+    await request(
+        "queries",
+        namespace,
+        {
+            "action": "subscribe",
+            "subscription_id": f"panel-{n}",
+            "query": {"action": "neighbors", "entity": f"user:{n}", "count_over": 0},
+        },
+    )
     # relationships: ok, batch, update, delete, and refused ones
     await request("relationships", namespace, create("member", f"user:{n}", f"group:{n}"))
     await request(
