@@ -759,11 +759,18 @@ async def failover(run: Run, report: Report, victim: Worker) -> None:
     report.add("  state intact after the fail-over", detail, "yes", ok)
 
 
+def session_timeout(args: argparse.Namespace) -> str:
+    """The workers' NEXUS_SESSION_TIMEOUT_S, as --worker-env sets it or the default."""
+    given = dict(item.split("=", 1) for item in args.worker_env or [])
+    value = given.get("NEXUS_SESSION_TIMEOUT_S")
+    return f"{value} s" if value else "10 s (default)"
+
+
 async def bench_two_workers(args: argparse.Namespace, run_id: str, report: Report) -> None:
     run = Run(args, run_id, "ha", STORES[args.ha_store])
     report.section(
         f"two workers, {STORES[args.ha_store]}, {args.ha_relationships:,} relationships in "
-        f"{len(run.namespaces)} namespaces, session timeout 10 s (default)"
+        f"{len(run.namespaces)} namespaces, session timeout {session_timeout(args)}"
     )
     try:
         await run.start()

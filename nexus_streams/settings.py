@@ -38,9 +38,19 @@ class Settings(BaseSettings):
         description="standby copies of each state partition kept warm on other workers, for fail-over",
     )
     session_timeout_s: float = Field(
-        default=10.0, ge=6.0, description="a worker silent this long loses its partitions"
+        default=10.0,
+        ge=1.0,
+        description="a worker silent this long loses its partitions (the broker's "
+        "group.min.session.timeout.ms, 6 s by default, bounds it from below; docs/operations.md)",
     )
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a stable name for this worker, unique in the group (static membership): "
+        "started again after a crash, it takes its partitions back at once instead of after the "
+        "session timeout; it does not leave the group on SIGTERM (docs/operations.md)",
+    )
     max_batch: int = Field(default=1000, ge=1, description="commands in one batch")
     max_nesting_depth: int = Field(
         default=64,

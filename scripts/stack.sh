@@ -152,6 +152,8 @@ default.replication.factor=1
 min.insync.replicas=1
 # fast tests: no wait for more members before the first rebalance
 group.initial.rebalance.delay.ms=0
+# lets a worker run with a session timeout under the default 6 s (fast fail-over; docs/operations.md)
+group.min.session.timeout.ms=1000
 log.retention.hours=24
 log.segment.bytes=67108864
 EOF

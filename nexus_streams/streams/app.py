@@ -870,6 +870,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_group_instance_id=settings.group_instance_id,
     )
     metrics = metrics or Metrics()
     app.sensors.add(metrics.faust_sensor())  # observability: nexus_kafka_* metrics

@@ -108,7 +108,17 @@ class BatchConsumer(AIOKafkaConsumer):
             for message in self._unacked_messages
         ):
             if time.monotonic() >= deadline:
-                log.warning("hand-over: messages still unacknowledged after %.1fs", timeout_s)
+                waiting = sorted(
+                    (m.topic, m.partition, m.offset)
+                    for m in self._unacked_messages
+                    if (partitions is None or m.tp in partitions) and not m.acked
+                )
+                log.warning(
+                    "hand-over: %d messages still unacknowledged after %.1fs, e.g. %s",
+                    len(waiting),
+                    timeout_s,
+                    waiting[:10],
+                )
                 return False
             await asyncio.sleep(SETTLE_POLL_S)
         return True
