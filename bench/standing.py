@@ -76,7 +76,7 @@ def load(service: Service, edges: list[tuple[str, RelationType, str]]) -> None:
     graph = service.service.graph(NS)
     for source, type_, target in edges:
         rel = Relationship(NS, source, type_, target)
-        graph.load(rel)
+        graph.load(rel.key)
         service.records.data[rel.key] = rel
     service.service.note_partition(NS, 0)
 

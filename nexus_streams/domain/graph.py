@@ -179,11 +179,12 @@ class Graph:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def load(self, rel: Relationship) -> None:
-        """Index a record read back from the durable store (no unit of work)."""
-        self.index.add(rel.key)
-        if rel.expires_at is not None:
-            heapq.heappush(self._expiry, (rel.expires_at.timestamp(), rel.key))
+    def load(self, key: RelationshipKey, expires_at: float | None = None) -> None:
+        """Index a relationship read back from the durable store (no unit of work);
+        `expires_at`: its expiry as a POSIX timestamp, if it has one."""
+        self.index.add(key)
+        if expires_at is not None:
+            heapq.heappush(self._expiry, (expires_at, key))
 
     def unload(self, key: RelationshipKey) -> None:
         self.index.remove(key)

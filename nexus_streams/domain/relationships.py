@@ -196,6 +196,12 @@ class Relationship:
         return replace(self, **changes)
 
 
+def expiry_of(record: dict[str, Any]) -> float | None:
+    """A stored record's expiry as a POSIX timestamp (None: it does not expire)."""
+    parsed = _parse(record.get("e"))
+    return None if parsed is None else parsed.timestamp()
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 

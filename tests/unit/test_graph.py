@@ -902,7 +902,7 @@ def test_graph__load__rebuilds_the_index_from_the_records(store: Store) -> None:
     store.create("b", LINKED, "a")
     fresh = Graph("ns", store.records)
     for rel in store.records.data.values():
-        fresh.load(rel)
+        fresh.load(rel.key, rel.expires_at.timestamp() if rel.expires_at else None)
     assert state(fresh) == state(store.graph)
     assert fresh.next_expiry() == LATER.timestamp()
     with pytest.raises(DuplicateRelationship):
