@@ -28,7 +28,6 @@ from nexus_streams.codec import (
     MAX_NESTING_DEPTH,
     Undecodable,
     check_nesting,
-    decode_object,
     parse_action,
     parse_model,
     request_id_of,
@@ -406,7 +405,7 @@ class NamespaceService:
 
     def _handle(self, msg: Received) -> list[Reply]:
         try:
-            data = decode_object(msg.value)
+            data = msg.data()
         except Undecodable as exc:
             return [self._deadletter(msg, "undecodable", exc.reason)]
         namespace, key_error = _namespace_of(msg.key)

@@ -25,7 +25,7 @@ from faust import stores as faust_stores
 from faust.types import TP, EventT
 
 from nexus_streams.auth import Gate
-from nexus_streams.codec import Undecodable, decode_object
+from nexus_streams.codec import Undecodable
 from nexus_streams.connection import broker_credentials, kafka_options
 from nexus_streams.diagnostics import install_task_dump
 from nexus_streams.domain.access import AccessPolicy
@@ -633,7 +633,7 @@ class NamespaceActor:
 
     def _pattern_wanted(self, received: Received) -> list[tuple[str, int | None]]:
         try:
-            data = decode_object(received.value)
+            data = received.data()
             namespace = (received.key or b"default").decode()
         except (Undecodable, UnicodeDecodeError):
             return []  # the service reports what is wrong with the message
