@@ -34,7 +34,7 @@ from nexus_streams.codec import (
 )
 from nexus_streams.domain import algorithms, analysis
 from nexus_streams.domain.access import AccessPolicy
-from nexus_streams.domain.auth import EXECUTIONS_RUN, Grant, Scopes
+from nexus_streams.domain.auth import EXECUTIONS_RUN, DenialReason, Grant, Scopes
 from nexus_streams.domain.errors import (
     BatchTooLarge,
     ErrorCode,
@@ -453,6 +453,7 @@ class NamespaceService:
                         raise Forbidden(
                             f"forbidden: on_match runs a pattern as {grant.principal}, which needs "
                             f"the scope {needed}",
+                            reason=DenialReason.MISSING_SCOPE.value,
                             missing_scope=needed,
                             principal=grant.principal,
                         )
@@ -465,6 +466,7 @@ class NamespaceService:
                     self.note_partition(namespace, msg.partition)
                     self.graph(namespace)  # the namespace has state now
             elif isinstance(command, Unsubscribe):
+                self._check_subscriber(namespace, command.subscription_id)
                 output, write = subscriptions.unsubscribe(namespace, command.subscription_id)
             else:
                 output = subscriptions.listing(namespace)
@@ -692,6 +694,21 @@ class NamespaceService:
         raise ValidationFailed(f"{type(step).__name__} is not a relationship command")
 
     # -- executions ----------------------------------------------------------------------------
+
+    def _check_subscriber(self, namespace: str, subscription_id: str) -> None:
+        """With authentication required, only its subscriber ends a subscription (and its trigger):
+        reading a namespace does not let one principal silence another's standing query."""
+        grant = self.executions.lookup.grant
+        sub = self.subscriptions.of(namespace).get(subscription_id)
+        if grant is None or sub is None or sub.principal == grant.principal:
+            return
+        raise Forbidden(
+            f"forbidden: subscription {subscription_id!r} is {sub.principal}'s; only its subscriber "
+            "unsubscribes it",
+            reason=DenialReason.NOT_PERMITTED.value,
+            principal=grant.principal,
+            subscription_id=subscription_id,
+        )
 
     def _trigger(
         self, msg: Received, namespace: str, command: TriggerExecution, data: dict[str, Any]

@@ -197,6 +197,15 @@ def test_gate__refused_relationship_command__counts_as_applied() -> None:
     assert reply.result is not None and reply.result.offset == 17
 
 
+def test_gate__rate_limited_relationship_command__counts_as_applied() -> None:
+    limited = gate(limiter=RateLimiter(1.0, 1))
+    assert limited.admit(message(CREATE, bearer=token())).denied is None
+    reply = limited.admit(message(CREATE, bearer=token())).denied
+    assert reply is not None and reply.result is not None
+    assert reply.result.error is not None and reply.result.error.code == "rate_limited"
+    assert reply.progress == (3, 17)
+
+
 def test_gate__no_request_id__refused_and_dead_lettered() -> None:
     reply = gate().admit(message({"action": "create"})).denied
     assert reply is not None
