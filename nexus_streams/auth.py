@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from nexus_streams.codec import Undecodable, decode_object, request_id_of
+from nexus_streams.codec import Undecodable, request_id_of
 from nexus_streams.domain.auth import (
     AUTHORIZATION_HEADER,
     AccessRequest,
@@ -82,7 +82,7 @@ class Gate:
         if self.idle:
             return ADMITTED
         try:
-            data = decode_object(msg.value)
+            data = msg.data()  # decoded once: the handler reads the same
         except Undecodable:
             data = None  # refused without a valid token, else dead-lettered by its handler
         fields = data or {}

@@ -50,10 +50,19 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     except TopicMismatch as exc:
         console.print(f"[red]error:[/red] {exc}")
     except (KafkaConnectionError, ConnectionRefusedError) as exc:
-        console.print(
-            f"[red]error:[/red] cannot reach Kafka at {Settings().kafka_bootstrap} ({exc}); "
-            "start the local stack with `make stack-up` or set NEXUS_KAFKA_BOOTSTRAP"
-        )
+        settings = Settings()
+        if settings.kafka_security_protocol == "PLAINTEXT":
+            console.print(
+                f"[red]error:[/red] cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); "
+                "start the local stack with `make stack-up` or set NEXUS_KAFKA_BOOTSTRAP"
+            )
+        else:  # aiokafka logs why (e.g. SaslAuthenticationFailed) and raises only "Unable to bootstrap"
+            who = f" as {settings.kafka_sasl_username}" if settings.kafka_sasl_username else ""
+            console.print(
+                f"[red]error:[/red] cannot connect to Kafka at {settings.kafka_bootstrap}{who} over "
+                f"{settings.kafka_security_protocol} ({exc}); check NEXUS_KAFKA_BOOTSTRAP, the credentials "
+                "(NEXUS_KAFKA_SASL_*) and the certificates (NEXUS_KAFKA_SSL_*)"
+            )
     except KafkaError as exc:
         console.print(f"[red]error:[/red] Kafka: {exc}")
     except NexusError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from nexus_streams.connection import kafka_options
 from nexus_streams.domain.auth import authorization_header, token_subject
 from nexus_streams.settings import Settings
 from nexus_streams.topics import EVENTS, RESULTS, Header
@@ -43,9 +44,9 @@ class NexusClient:
         self._headers = [authorization_header(self.token)] if self.token else None
         #: the `principal` of requests that do not name one
         self.principal = principal or (token_subject(self.token) if self.token else None) or "client"
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        self._producer = AIOKafkaProducer(**kafka_options(settings), acks="all")
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **kafka_options(settings),
             enable_auto_commit=False,
             group_id=None,
         )

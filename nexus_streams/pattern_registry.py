@@ -21,7 +21,6 @@ from nexus_streams.codec import (
     MAX_NESTING_DEPTH,
     Undecodable,
     check_nesting,
-    decode_object,
     parse_model,
     request_id_of,
     short,
@@ -84,7 +83,7 @@ class PatternRegistry:
         the admins are those of `policy`)."""
         policy = self.policy if grant is None else grant.pattern_policy()
         try:
-            data = decode_object(msg.value)
+            data = msg.data()
         except Undecodable as exc:
             return Reply(msg, [deadletter_message(msg, "undecodable", exc.reason)])
         key = msg.key.decode("utf-8", errors="replace") if msg.key else None

@@ -27,6 +27,23 @@ class Received:
     #: its Kafka headers as (name, value) pairs: the token is read from them, and its dead letter
     #: keeps them (a redrive re-sends them, its count among them)
     headers: Sequence[tuple[str, bytes | None]] = ()
+    #: the value decoded (a dict, or the Undecodable it raised), once `data()` has been asked
+    _decoded: dict[str, Any] | Undecodable | None = field(default=None, init=False, repr=False, compare=False)
+
+    def data(self) -> dict[str, Any]:
+        """The value as a JSON object (`codec.decode_object`), decoded once for the gate and the
+        handler that follows it; raises `Undecodable` (each time) when it is not one. Read only:
+        every reader of the message gets the same dict."""
+        decoded = self._decoded
+        if decoded is None:
+            try:
+                decoded = decode_object(self.value)
+            except Undecodable as exc:
+                decoded = exc
+            object.__setattr__(self, "_decoded", decoded)
+        if isinstance(decoded, Undecodable):
+            raise Undecodable(decoded.reason)
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +233,7 @@ def unforeseen(msg: Received, exc: BaseException, now: datetime) -> tuple[Result
     """The outcome of a message whose handling raised what no handler caught: `internal_error`,
     with what can still be read of the message (its request id, principal, action)."""
     try:
-        data = decode_object(msg.value)
+        data = msg.data()
     except Undecodable:
         data = {}
     request_id = request_id_of(data)

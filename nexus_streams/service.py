@@ -28,14 +28,13 @@ from nexus_streams.codec import (
     MAX_NESTING_DEPTH,
     Undecodable,
     check_nesting,
-    decode_object,
     parse_action,
     parse_model,
     request_id_of,
 )
 from nexus_streams.domain import algorithms, analysis
 from nexus_streams.domain.access import AccessPolicy
-from nexus_streams.domain.auth import EXECUTIONS_RUN, Grant, Scopes
+from nexus_streams.domain.auth import EXECUTIONS_RUN, DenialReason, Grant, Scopes
 from nexus_streams.domain.errors import (
     BatchTooLarge,
     ErrorCode,
@@ -409,7 +408,7 @@ class NamespaceService:
 
     def _handle(self, msg: Received) -> list[Reply]:
         try:
-            data = decode_object(msg.value)
+            data = msg.data()
         except Undecodable as exc:
             return [self._deadletter(msg, "undecodable", exc.reason)]
         namespace, key_error = _namespace_of(msg.key)
@@ -457,6 +456,7 @@ class NamespaceService:
                         raise Forbidden(
                             f"forbidden: on_match runs a pattern as {grant.principal}, which needs "
                             f"the scope {needed}",
+                            reason=DenialReason.MISSING_SCOPE.value,
                             missing_scope=needed,
                             principal=grant.principal,
                         )
@@ -469,6 +469,7 @@ class NamespaceService:
                     self.note_partition(namespace, msg.partition)
                     self.graph(namespace)  # the namespace has state now
             elif isinstance(command, Unsubscribe):
+                self._check_subscriber(namespace, command.subscription_id)
                 output, write = subscriptions.unsubscribe(namespace, command.subscription_id)
             else:
                 output = subscriptions.listing(namespace)
@@ -696,6 +697,21 @@ class NamespaceService:
         raise ValidationFailed(f"{type(step).__name__} is not a relationship command")
 
     # -- executions ----------------------------------------------------------------------------
+
+    def _check_subscriber(self, namespace: str, subscription_id: str) -> None:
+        """With authentication required, only its subscriber ends a subscription (and its trigger):
+        reading a namespace does not let one principal silence another's standing query."""
+        grant = self.executions.lookup.grant
+        sub = self.subscriptions.of(namespace).get(subscription_id)
+        if grant is None or sub is None or sub.principal == grant.principal:
+            return
+        raise Forbidden(
+            f"forbidden: subscription {subscription_id!r} is {sub.principal}'s; only its subscriber "
+            "unsubscribes it",
+            reason=DenialReason.NOT_PERMITTED.value,
+            principal=grant.principal,
+            subscription_id=subscription_id,
+        )
 
     def _trigger(
         self, msg: Received, namespace: str, command: TriggerExecution, data: dict[str, Any]

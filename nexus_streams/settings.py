@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nexus_streams.domain.auth import AuthMode
@@ -14,6 +14,30 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEXUS_", extra="ignore")
 
     kafka_bootstrap: str = Field(default="127.0.0.1:19092", description="host:port[,host:port]")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="how every Kafka client of the package connects: TLS (SSL, SASL_SSL) and/or a SASL "
+        "identity (SASL_PLAINTEXT, SASL_SSL); nexus_streams/connection.py",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="with SASL_*: how the username and password are presented"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="with SASL_*: the Kafka user")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="with SASL_*: its password")
+    kafka_ssl_ca_file: str | None = Field(
+        default=None,
+        description="with SSL/SASL_SSL: PEM file of the CAs that sign the brokers' "
+        "certificates (default: the system's)",
+    )
+    kafka_ssl_cert_file: str | None = Field(
+        default=None, description="with SSL/SASL_SSL: PEM certificate (chain) of the client, for mutual TLS"
+    )
+    kafka_ssl_key_file: str | None = Field(
+        default=None, description="its private key (PEM; default: in the certificate file)"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, description="with SSL/SASL_SSL: the broker's certificate must name the host dialled"
+    )
     redis_url: str = "redis://127.0.0.1:16379/0"
     app_id: str = Field(default="nexus-streams", description="Kafka consumer group and table topic prefix")
     topic_prefix: str = Field(default="nexus.", description="prefix of every public topic")
@@ -205,10 +229,48 @@ class Settings(BaseSettings):
         "nexus.deadletter and nexus.deadletter-handled",
     )
 
-    @field_validator("auth_jwks", "auth_hs256_secret", "auth_issuer", "auth_audience", "token", mode="before")
+    @field_validator(
+        "auth_jwks",
+        "auth_hs256_secret",
+        "auth_issuer",
+        "auth_audience",
+        "token",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_whole(self) -> Settings:
+        """Credentials the protocol would not send are a mistake, not a default: refuse them."""
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        has_credentials = self.kafka_sasl_username is not None or self.kafka_sasl_password is not None
+        if sasl and (self.kafka_sasl_username is None or self.kafka_sasl_password is None):
+            raise ValueError(
+                f"NEXUS_KAFKA_SECURITY_PROTOCOL={protocol} needs NEXUS_KAFKA_SASL_USERNAME and "
+                "NEXUS_KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and has_credentials:
+            raise ValueError(
+                f"NEXUS_KAFKA_SASL_USERNAME/PASSWORD are set but NEXUS_KAFKA_SECURITY_PROTOCOL={protocol} "
+                "sends no SASL credentials: set it to SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        tls_files = [self.kafka_ssl_ca_file, self.kafka_ssl_cert_file, self.kafka_ssl_key_file]
+        if not protocol.endswith("SSL") and any(f is not None for f in tls_files):
+            raise ValueError(
+                f"NEXUS_KAFKA_SSL_* files are set but NEXUS_KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                "use TLS: set it to SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
+            raise ValueError("NEXUS_KAFKA_SSL_KEY_FILE needs NEXUS_KAFKA_SSL_CERT_FILE (its certificate)")
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

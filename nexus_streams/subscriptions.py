@@ -244,6 +244,12 @@ class Subscriptions:
         subs = self.by_namespace.get(namespace, {})
         existing = subs.get(command.subscription_id)
         if existing is not None:
+            if scopes is not None and existing.principal != principal:  # authenticated: not yours
+                raise SubscriptionExists(
+                    f"subscription {command.subscription_id!r} exists and is another principal's; "
+                    "choose another subscription_id",
+                    subscription_id=command.subscription_id,
+                )
             if existing.definition != definition or existing.on_match != on_match:
                 raise SubscriptionExists(
                     f"subscription {command.subscription_id!r} exists with another query or on_match; "

@@ -19,6 +19,8 @@
 #   NEXUS_REDIS_PORT        Redis port                            (default: 16379)
 #   NEXUS_KAFKA_HEAP        JVM heap of the broker                (default: 512m)
 #   NEXUS_STACK_TIMEOUT_S   how long `up` waits for both to answer (default: 120)
+#   NEXUS_KAFKA_SASL_PORT   also a SASL_PLAINTEXT listener (PLAIN) on this port (default: none)
+#   NEXUS_KAFKA_SASL_USERS  its users, `name:password[,name:password]` (with NEXUS_KAFKA_SASL_PORT)
 #
 # Redis persists as scripts/redis/redis.conf says (AOF, fsync before each reply: docs/operations.md).
 set -euo pipefail
@@ -31,6 +33,8 @@ controller_port=${NEXUS_KAFKA_CONTROLLER_PORT:-19093}
 redis_port=${NEXUS_REDIS_PORT:-16379}
 kafka_heap=${NEXUS_KAFKA_HEAP:-512m}
 timeout_s=${NEXUS_STACK_TIMEOUT_S:-120}
+sasl_port=${NEXUS_KAFKA_SASL_PORT:-}
+sasl_users=${NEXUS_KAFKA_SASL_USERS:-}
 pom=$repo/scripts/kafka/pom.xml
 redis_conf=$repo/scripts/redis/redis.conf
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
@@ -123,18 +127,40 @@ apply_redis_conf() {
     || die "redis did not write its AOF within ${timeout_s}s; see $stack_dir/logs/redis.log"
 }
 
+# the SASL_PLAINTEXT listener's lines (none without NEXUS_KAFKA_SASL_PORT): the PLAIN users of
+# NEXUS_KAFKA_SASL_USERS, for tests of clients with a Kafka identity (docs/security.md)
+sasl_config() {
+  [ -n "$sasl_port" ] || return 0
+  [ -n "$sasl_users" ] || die "NEXUS_KAFKA_SASL_PORT needs NEXUS_KAFKA_SASL_USERS (name:password,...)"
+  local jaas="org.apache.kafka.common.security.plain.PlainLoginModule required" pair
+  IFS=, read -ra pairs <<<"$sasl_users"
+  for pair in "${pairs[@]}"; do
+    [[ $pair == *:* ]] || die "NEXUS_KAFKA_SASL_USERS: '$pair' is not name:password"
+    jaas+=" user_${pair%%:*}=\"${pair#*:}\""
+  done
+  printf 'sasl.enabled.mechanisms=PLAIN\n'
+  printf 'listener.name.sasl_plaintext.plain.sasl.jaas.config=%s;\n' "$jaas"
+}
+
 write_kafka_config() {
   local conf=$stack_dir/kafka/server.properties
+  local listeners="PLAINTEXT://127.0.0.1:$kafka_port" map="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [ -n "$sasl_port" ]; then
+    listeners+=",SASL_PLAINTEXT://127.0.0.1:$sasl_port"
+    map+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
+  sasl_config >/dev/null  # a malformed NEXUS_KAFKA_SASL_USERS stops here (not inside the heredoc)
   mkdir -p "$stack_dir/kafka/data" "$stack_dir/logs"
   cat >"$conf" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$kafka_port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$kafka_port
+listeners=$listeners,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$map
+$(sasl_config)
 log.dirs=$stack_dir/kafka/data
 num.partitions=1
 # The worker creates its topics with the partition count it needs; a topic created by accident

@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from nexus_streams.connection import kafka_options
 from nexus_streams.settings import Settings
 from nexus_streams.topics import ALL_TOPICS, STATE_MAX_MESSAGE_BYTES, Partitioning
 
@@ -37,9 +38,7 @@ def _spread(settings: Settings) -> set[str]:
 
 async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> dict[str, int]:
     """Create missing topics; return {topic: partitions}. Idempotent; safe with several workers."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000)
-    )
+    admin = AIOKafkaAdminClient(**kafka_options(settings), request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
         policies = {settings.topic(spec.name): spec.cleanup_policy for spec in ALL_TOPICS}

@@ -25,7 +25,8 @@ from faust import stores as faust_stores
 from faust.types import TP, EventT
 
 from nexus_streams.auth import Gate
-from nexus_streams.codec import Undecodable, decode_object
+from nexus_streams.codec import Undecodable
+from nexus_streams.connection import broker_credentials, kafka_options
 from nexus_streams.diagnostics import install_task_dump
 from nexus_streams.domain.access import AccessPolicy
 from nexus_streams.domain.errors import NexusError, NotFound
@@ -632,7 +633,7 @@ class NamespaceActor:
 
     def _pattern_wanted(self, received: Received) -> list[tuple[str, int | None]]:
         try:
-            data = decode_object(received.value)
+            data = received.data()
             namespace = (received.key or b"default").decode()
         except (Undecodable, UnicodeDecodeError):
             return []  # the service reports what is wrong with the message
@@ -813,7 +814,7 @@ async def follow_pattern_events(settings: Settings, cache: PatternCache) -> None
     # every event passes by, a few per execution: fetch in batches (up to 250 ms late) rather
     # than once per event, which cost the worker more than the invalidations are worth
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         group_id=None,
         fetch_min_bytes=1 << 20,
         fetch_max_wait_ms=250,
@@ -854,6 +855,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
+        broker_credentials=broker_credentials(settings),  # NEXUS_KAFKA_SECURITY_PROTOCOL, _SASL_*, _SSL_*
         store=settings.table_store,
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,

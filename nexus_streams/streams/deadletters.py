@@ -26,6 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
+from nexus_streams.connection import kafka_options
 from nexus_streams.deadletters import (
     KEPT_VALUE_BYTES,
     AmbiguousOffset,
@@ -68,7 +69,7 @@ WAITING_RETRY_S = 10.0
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_options(settings),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -264,13 +265,14 @@ class _Writer:
         self.deadletter_topic = settings.topic(DEADLETTER.name)
         self.principal = principal
         common: dict[str, Any] = {
-            "bootstrap_servers": settings.kafka_bootstrap,
             "enable_idempotence": True,
             "acks": "all",
             "max_request_size": DEADLETTER_MAX_MESSAGE_BYTES + 64 * 1024,
         }
-        self.sender = AIOKafkaProducer(**common)
-        self.recorder = AIOKafkaProducer(transactional_id=f"{settings.app_id}-deadletter-tool", **common)
+        self.sender = AIOKafkaProducer(**kafka_options(settings), **common)
+        self.recorder = AIOKafkaProducer(
+            **kafka_options(settings), transactional_id=f"{settings.app_id}-deadletter-tool", **common
+        )
 
     async def start(self) -> None:
         await self.recorder.start()  # fences an earlier run: its records are final once read

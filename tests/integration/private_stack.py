@@ -9,7 +9,8 @@ answers. (A `stack.sh kill kafka|redis` and `stack.sh start kafka|redis` would s
 plainly.)
 
 `redis_only=True` starts only a redis-server and uses the shared broker: stack.sh uses the broker
-named by NEXUS_KAFKA_BOOTSTRAP instead of starting one.
+named by NEXUS_KAFKA_BOOTSTRAP instead of starting one. `sasl_users={name: password}` gives the
+broker a second listener, SASL_PLAINTEXT with those PLAIN users, at `sasl_bootstrap`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ UP_TIMEOUT_S = 180
 
 
 class PrivateStack:
-    def __init__(self, name: str, *, redis_only: bool = False, shared_bootstrap: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        redis_only: bool = False,
+        shared_bootstrap: str | None = None,
+        sasl_users: dict[str, str] | None = None,
+    ) -> None:
         safe = re.sub(r"[^A-Za-z0-9_-]", "-", name)
         self.dir = REPO / ".stack" / f"private-{safe}-{uuid.uuid4().hex[:8]}"
         self.redis_port = free_port()
@@ -53,6 +61,12 @@ class PrivateStack:
             # one broker of many on a small machine
             "NEXUS_KAFKA_HEAP": "384m",
         }
+        self.sasl_bootstrap: str | None = None
+        if sasl_users:
+            sasl_port = free_port()
+            env["NEXUS_KAFKA_SASL_PORT"] = str(sasl_port)
+            env["NEXUS_KAFKA_SASL_USERS"] = ",".join(f"{n}:{p}" for n, p in sasl_users.items())
+            self.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
         if redis_only:
             assert shared_bootstrap, "a Redis-only stack uses the shared broker"
             env["NEXUS_KAFKA_BOOTSTRAP"] = shared_bootstrap
@@ -128,11 +142,17 @@ def _alive(pid: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def started_stack(
-    name: str, *, redis_only: bool = False, shared_bootstrap: str | None = None
+    name: str,
+    *,
+    redis_only: bool = False,
+    shared_bootstrap: str | None = None,
+    sasl_users: dict[str, str] | None = None,
 ) -> AsyncIterator[PrivateStack]:
     """A started private stack, destroyed afterwards (started off the event loop: it takes a while).
     The `private_stack` fixture (conftest.py) is this for a whole test."""
-    stack = PrivateStack(name, redis_only=redis_only, shared_bootstrap=shared_bootstrap)
+    stack = PrivateStack(
+        name, redis_only=redis_only, shared_bootstrap=shared_bootstrap, sasl_users=sasl_users
+    )
     try:
         await asyncio.to_thread(stack.start)
         yield stack

@@ -334,6 +334,49 @@ async def test_spoofing__a_refused_request_id_runs_once_a_token_comes(auth: Auth
     assert await exists(auth, "user:retry", "wallet:retry")
 
 
+@pytest.mark.parametrize(
+    ("refusal", "code"),
+    [("no token", "unauthenticated"), ("bob's token", "forbidden")],
+)
+async def test_refused_command__releases_a_query_waiting_for_its_offset(
+    auth: AuthWorker, refusal: str, code: str
+) -> None:
+    """A refusal has no effect, but its offset is processed: a query whose `min_offset` is the
+    refused command's offset is answered then, not when its wait runs out (NEXUS_MIN_OFFSET_WAIT_S)."""
+    ns = f"ryw-{uuid.uuid4().hex[:8]}"
+    token = hs256("alice", f"relationships:write:{ns} queries:read:{ns}")
+    created = create("user:ryw", "wallet:ryw")
+    partition, offset = await auth.wire.send_located("relationships", ns, created, headers(token))
+    assert (await auth.wire.result(created["request_id"]))["status"] == "ok"
+    waiting = {
+        "request_id": f"q-{uuid.uuid4().hex}",
+        "principal": "alice",
+        "action": "get",
+        "type": "owner",
+        "source": "user:ryw",
+        "target": "wallet:ryw",
+        "min_offset": offset + 1,
+    }
+    await auth.wire.send("queries", ns, waiting, headers(token))
+    # the next query of the same partition is answered after the first was read (and parked)
+    behind = await auth.wire.request(
+        "queries", ns, {"principal": "alice", "action": "stats"}, headers=headers(token)
+    )
+    assert behind["status"] == "ok", behind
+    assert not auth.wire.matching("results", lambda r: r.json().get("request_id") == waiting["request_id"])
+    refused_headers = [] if refusal == "no token" else headers(hs256("bob", "relationships:write:bob-*"))
+    refused = create("user:no", "wallet:no", principal="alice" if refusal == "no token" else "bob")
+    sent_at = time.monotonic()
+    refused_at = await auth.wire.send_located("relationships", ns, refused, refused_headers)
+    assert refused_at == (partition, offset + 1), "another message took the offset the query waits for"
+    assert (await auth.wire.result(refused["request_id"]))["error"]["code"] == code
+    answer = await auth.wire.result(waiting["request_id"], timeout_s=10)
+    elapsed = time.monotonic() - sent_at
+    assert answer["status"] == "ok", answer  # a query left waiting answers `timeout` after 4 s
+    assert elapsed < 3.0, f"answered {elapsed:.1f}s after the refusal"
+    assert answer["offset"] >= offset + 1, answer
+
+
 # -- the same actions with the right tokens ----------------------------------------------------------
 
 
@@ -446,6 +489,152 @@ async def test_right_tokens__a_pattern_runs_with_the_executors_rights(auth: Auth
         "input": {"source": "user:b1", "target": "wallet:b1"},
     }
     await ok(auth, "executions", ns, payload, token)
+
+
+# -- standing queries with authentication (docs/standing-queries.md) ---------------------------------
+
+PATH = {"action": "find_path", "source": "user:1", "target": "user:3", "max_depth": 2}
+ONBOARD = {
+    "pattern_id": "user_onboarding",
+    "input": {"source": "{{input.witness.path.0}}", "target": "wallet:{{input.offset}}"},
+}
+
+
+def subscription(sid: str, principal: str = "alice", **fields: Any) -> dict[str, Any]:
+    return {
+        "request_id": f"s-{uuid.uuid4().hex}",
+        "principal": principal,
+        "action": "subscribe",
+        "subscription_id": sid,
+        "query": PATH,
+        **fields,
+    }
+
+
+async def refused_with(
+    auth: AuthWorker, ns: str, payload: dict[str, Any], token: str, code: str, reason: str
+) -> dict[str, Any]:
+    result = await auth.wire.request("queries", ns, payload, headers=headers(token))
+    assert result["status"] == "error", result
+    assert (result["error"]["code"], result["error"]["details"]["reason"]) == (code, reason), result
+    events = await auth.wire.events(payload["request_id"], count=2)
+    assert [e["data"]["reason"] for e in events if e["type"] == "access_denied"] == [reason], events
+    return result
+
+
+async def test_standing__subscribe_needs_queries_read_of_the_namespace(auth: AuthWorker) -> None:
+    ns = f"sq-{uuid.uuid4().hex[:8]}"
+    await refused_with(
+        auth, ns, subscription("s1", "bob"), hs256("bob", "queries:read:bob-*"), "forbidden", "missing_scope"
+    )
+    await refused_with(
+        auth,
+        ns,
+        subscription("s1"),
+        hs256("alice", f"relationships:write:{ns}"),
+        "forbidden",
+        "missing_scope",
+    )
+    await refused_with(
+        auth, ns, {**subscription("s1"), "principal": "alice"}, "x.y.z", "unauthenticated", "malformed_token"
+    )
+    subscribed = await ok(auth, "queries", ns, subscription("s1"), hs256("alice", f"queries:read:{ns}"))
+    assert subscribed["output"]["created"] is True
+    listed = await ok(
+        auth,
+        "queries",
+        ns,
+        {"principal": "alice", "action": "list_subscriptions"},
+        hs256("alice", f"queries:read:{ns}"),
+    )
+    [only] = listed["output"]["subscriptions"]
+    assert (only["subscription_id"], only["principal"]) == ("s1", "alice")
+
+
+async def test_standing__on_match_needs_executions_run(auth: AuthWorker) -> None:
+    ns = f"sq-{uuid.uuid4().hex[:8]}"
+    refused = await refused_with(
+        auth,
+        ns,
+        subscription("t1", on_match=ONBOARD),
+        hs256("alice", f"queries:read:{ns} relationships:write:{ns}"),
+        "forbidden",
+        "missing_scope",
+    )
+    assert refused["error"]["details"]["missing_scope"] == f"executions:run:{ns}"
+
+
+async def test_standing__trigger_runs_as_the_subscriber_with_its_scopes(auth: AuthWorker) -> None:
+    """The match runs user_onboarding as alice with the scopes her token had at subscribe time;
+    a subscriber without write rights gets a trigger that is refused, not one that writes."""
+    ns = f"sq-{uuid.uuid4().hex[:8]}"
+    alice = hs256("alice", f"queries:read:{ns} executions:run:{ns} relationships:write:{ns}")
+    await ok(auth, "queries", ns, subscription("writer", on_match=ONBOARD), alice)
+    carol = hs256("carol", f"queries:read:{ns} executions:run:{ns}")  # no relationships:write
+    await ok(auth, "queries", ns, subscription("reader", "carol", on_match=ONBOARD), carol)
+    change = create("user:1", "user:3", type="member")
+    partition, offset = await auth.wire.send_located("relationships", ns, change, headers(alice))
+    assert (await auth.wire.result(change["request_id"]))["status"] == "ok"
+
+    def matched(sid: str) -> list[dict[str, Any]]:
+        return [
+            r.json()
+            for r in auth.wire.matching(
+                "events",
+                lambda r: (
+                    r.headers.get("nexus-subscription-id") == sid and r.headers.get("nexus-namespace") == ns
+                ),
+            )
+            if r.json()["type"] == "standing_query_matched"
+        ]
+
+    assert await auth.wire.wait_until(lambda: bool(matched("writer")) and bool(matched("reader")), 30)
+    ran = await auth.wire.result(matched("writer")[0]["data"]["trigger"]["request_id"])
+    assert ran["status"] == "ok", ran
+    got = await ok(
+        auth,
+        "queries",
+        ns,
+        {
+            "principal": "alice",
+            "action": "get",
+            "type": "owner",
+            "source": "user:1",
+            "target": f"wallet:{offset}",
+        },
+        alice,
+    )
+    assert got["output"]["relationship"]["source"] == "user:1"
+    executed = [e for e in await auth.wire.events(ran["request_id"]) if e["type"] == "pattern_executed"]
+    assert executed and executed[0]["principal"] == "alice", executed
+    refused = await auth.wire.result(matched("reader")[0]["data"]["trigger"]["request_id"])
+    assert refused["status"] == "error", refused
+    assert refused["error"]["code"] == "forbidden", refused
+    assert refused["error"]["details"]["missing_scope"] == f"relationships:write:{ns}", refused
+
+
+async def test_standing__only_the_subscriber_unsubscribes(auth: AuthWorker) -> None:
+    ns = f"sq-{uuid.uuid4().hex[:8]}"
+    alice = hs256("alice", f"queries:read:{ns}")
+    await ok(auth, "queries", ns, subscription("mine"), alice)
+    bob = hs256("bob", "queries:read:*")
+    gone = {
+        "request_id": f"u-{uuid.uuid4().hex}",
+        "principal": "bob",
+        "action": "unsubscribe",
+        "subscription_id": "mine",
+    }
+    await refused_with(auth, ns, gone, bob, "forbidden", "not_permitted")
+    taken = await auth.wire.request("queries", ns, subscription("mine", "bob"), headers=headers(bob))
+    assert taken["error"]["code"] == "subscription_exists", taken
+    removed = await ok(
+        auth,
+        "queries",
+        ns,
+        {"principal": "alice", "action": "unsubscribe", "subscription_id": "mine"},
+        alice,
+    )
+    assert removed["output"]["removed"] is True
 
 
 # -- rate limits and the counter ----------------------------------------------------------------------

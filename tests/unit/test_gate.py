@@ -197,6 +197,15 @@ def test_gate__refused_relationship_command__counts_as_applied() -> None:
     assert reply.result is not None and reply.result.offset == 17
 
 
+def test_gate__rate_limited_relationship_command__counts_as_applied() -> None:
+    limited = gate(limiter=RateLimiter(1.0, 1))
+    assert limited.admit(message(CREATE, bearer=token())).denied is None
+    reply = limited.admit(message(CREATE, bearer=token())).denied
+    assert reply is not None and reply.result is not None
+    assert reply.result.error is not None and reply.result.error.code == "rate_limited"
+    assert reply.progress == (3, 17)
+
+
 def test_gate__no_request_id__refused_and_dead_lettered() -> None:
     reply = gate().admit(message({"action": "create"})).denied
     assert reply is not None
@@ -497,3 +506,35 @@ def test_the_header_of_the_contract_is_the_one_read() -> None:
         "executions",
         "patterns",
     }
+
+
+def test_gate_and_service__decode_a_message_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With authentication on, the gate and the handler read the same decoded value."""
+    import nexus_streams.replies as replies
+
+    decoded: list[bytes | None] = []
+    real = replies.decode_object
+
+    def counting(raw: bytes | None) -> dict[str, Any]:
+        decoded.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(replies, "decode_object", counting)
+    records: dict[str, MemoryRecords] = {}
+    service = NamespaceService(Requests(), lambda ns: records.setdefault(ns, MemoryRecords()))
+    msg = message(CREATE, bearer=token())
+    assert gate().admit(msg).denied is None
+    [reply] = service.handle(msg)
+    assert reply.result is not None and reply.result.status == "ok", reply.result
+    assert len(decoded) == 1
+
+
+def test_received_data__undecodable__raised_each_time_with_its_reason() -> None:
+    from nexus_streams.codec import Undecodable
+
+    msg = message(b"[1, 2]")
+    for _ in range(2):
+        with pytest.raises(Undecodable, match="JSON list; expected an object"):
+            msg.data()
+    refused = gate().admit(msg).denied
+    assert refused is not None
