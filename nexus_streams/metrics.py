@@ -319,6 +319,12 @@ class Metrics:
             "unread messages (see nexus_streams/stalls.py)",
             registry=r,
         )
+        self.offsets_without_records = Counter(
+            "nexus_kafka_offsets_without_records",
+            "Input offsets found to hold no record for the agent (transaction markers, aborted "
+            "transactions' records), read again once to check and then gone past (nexus_streams/stalls.py)",
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "nexus_event_loop_lag_seconds",
             "How late the worker's event loop ran a timer tick (every 50 ms): the time a ready "

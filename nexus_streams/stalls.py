@@ -13,10 +13,19 @@ past it. `Progress` therefore does not move over a hole: it stays at the first m
 until the partition has been read again from there; if the first record then is still past it, the
 hole is real and accepted.
 
+Offsets without records: a transactional producer's commit or abort marker takes an offset that is
+never delivered as a record (nor, read_committed, are an aborted transaction's records). A marker in
+the middle looks like a hole; one at the end leaves the partition below its high watermark for good.
+So a first reading again is a *check*, quiet: a hole is checked at once, and a partition that is
+behind although the consumer's position (which moves past markers) has reached the high watermark
+is checked after `patience` still checks. If the records at the expected offset then arrive, they
+had been passed over (the caller reports it); if the check delivers nothing new, the stretch holds
+no records and is gone past (`Skip`): nothing is read again, nor reported, every few checks.
+
 The rule: a partition whose next expected offset is below its high watermark, while its agent is
-idle with nothing queued, is sought back to that offset: at once when a hole was seen, else when it
-has not moved for `patience` consecutive checks. Pure: the caller observes Faust and Kafka, and
-seeks.
+idle with nothing queued, is sought back to that offset: quietly as above, else (the consumer has
+not reached the end either) when it has not moved for `patience` consecutive checks, and then
+after twice as many each time. Pure: the caller observes Faust and Kafka, and seeks.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 class Progress:
     """The next offset the agent expects in one input partition, not moving over holes."""
 
-    __slots__ = ("expected", "hole", "_sought", "_start")
+    __slots__ = ("expected", "hole", "recovered", "without_records", "_sought", "_start")
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
@@ -36,16 +45,31 @@ class Progress:
         #: a record past `expected` arrived: records were skipped (or the stretch is a real gap)
         self.hole = False
         self._sought = False
+        #: reading again delivered the record at `expected`: records had been passed over
+        self.recovered = 0
+        #: offsets found to hold no record for the agent (markers, aborted records, gaps)
+        self.without_records = 0
 
     def received(self, offset: int) -> None:
         if offset < self.expected:
             return  # read again
-        if offset > self.expected and not self._sought:
+        if self._sought:
+            if offset == self.expected:
+                self.recovered += 1
+            else:  # the first record after reading again from `expected`: a real gap before it
+                self.without_records += offset - self.expected
+        elif offset > self.expected:
             self.hole = True  # stays at the first missing offset until it is read again
             return
-        # the next one, or the first record after reading again from `expected`: whatever lies
-        # between is a real gap
         self.expected = offset + 1
+        self.hole = False
+        self._sought = False
+
+    def skip(self, to: int) -> None:
+        """Reading again from `expected` delivered nothing up to `to`: no records there."""
+        if to > self.expected:
+            self.without_records += to - self.expected
+            self.expected = to
         self.hole = False
         self._sought = False
 
@@ -75,6 +99,9 @@ class PartitionView:
     highwater: int | None
     #: records past `expected` arrived (see `Progress`): no need to wait `patience` checks
     hole: bool = False
+    #: the consumer's position: the offset of the next record it will hand out, past any marker
+    #: (None: not asked, or not known)
+    position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +109,17 @@ class Reseek:
     partition: Hashable
     offset: int
     highwater: int
+    #: a check (see the module's docstring): report it only if it delivers records passed over
+    quiet: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Reading again from `offset` delivered nothing: the stretch to `to` holds no records."""
+
+    partition: Hashable
+    offset: int
+    to: int
 
 
 class StallDetector:
@@ -92,31 +130,47 @@ class StallDetector:
         if patience < 1:
             raise ValueError("patience must be at least 1")
         self.patience = patience
-        #: per partition: the view last seen, checks since it was first seen or last sought, and
-        #: how many times it was sought without moving (each doubles the wait)
-        self._still: dict[Hashable, tuple[PartitionView, int, int]] = {}
+        #: per partition: what was last seen (expected, high watermark, hole), checks since it was
+        #: first seen or last sought with the consumer short of the end, consecutive checks with
+        #: it past the end, how many times it was sought loudly without moving (each doubles the
+        #: wait), and whether it was checked quietly since it was first seen
+        self._still: dict[Hashable, tuple[tuple[int, int, bool], int, int, int, bool]] = {}
 
-    def check(self, partitions: Mapping[Hashable, PartitionView], idle: bool) -> list[Reseek]:
+    def check(self, partitions: Mapping[Hashable, PartitionView], idle: bool) -> list[Reseek | Skip]:
         """Call once per interval with every assigned input partition; `idle`: the agents are
         between messages and their queues are empty (else nothing is judged stalled)."""
         for gone in set(self._still) - set(partitions):
             del self._still[gone]
-        reseeks = []
+        actions: list[Reseek | Skip] = []
         for tp, view in partitions.items():
-            behind = (
-                view.expected is not None and view.highwater is not None and view.highwater > view.expected
-            )
-            if not (idle and behind):
+            if not (idle and view.expected is not None and view.highwater is not None):
                 self._still.pop(tp, None)
                 continue
-            previous, count, attempts = self._still.get(tp, (None, 0, 0))
-            if previous != view:
-                count, attempts = 0, 0
-            count += 1
-            wait = 1 if view.hole and attempts == 0 else min(self.patience << attempts, self.MAX_WAIT)
-            if count >= wait:
-                assert view.expected is not None and view.highwater is not None
-                reseeks.append(Reseek(tp, view.expected, view.highwater))
+            expected, highwater = view.expected, view.highwater
+            if highwater <= expected:
+                self._still.pop(tp, None)
+                continue
+            seen = (expected, highwater, view.hole)
+            previous, count, passes, attempts, checked = self._still.get(tp, (None, 0, 0, 0, False))
+            if previous != seen:
+                count, passes, attempts, checked = 0, 0, 0, False
+            passed = view.position is not None and view.position >= highwater and not view.hole
+            # consecutive checks with the consumer past the end (a record it handed out just before
+            # may still be on its way to the agent), and with it short of the end
+            passes, count = (passes + 1, 0) if passed else (0, count + 1)
+            if view.hole and not checked:
+                actions.append(Reseek(tp, expected, highwater, quiet=True))
+                count, checked = 0, True
+            elif passes >= self.patience and checked:
+                assert view.position is not None
+                actions.append(Skip(tp, expected, view.position))
+                del self._still[tp]
+                continue
+            elif passes >= self.patience:
+                actions.append(Reseek(tp, expected, highwater, quiet=True))
+                count, passes, checked = 0, 0, True
+            elif not passed and count >= min(self.patience << attempts, self.MAX_WAIT):
+                actions.append(Reseek(tp, expected, highwater))
                 count, attempts = 0, attempts + 1
-            self._still[tp] = (view, count, attempts)
-        return reseeks
+            self._still[tp] = (seen, count, passes, attempts, checked)
+        return actions

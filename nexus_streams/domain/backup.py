@@ -29,8 +29,6 @@ FORMAT_VERSION = 1
 READABLE_VERSIONS = frozenset({1})
 #: an export line's fields, in the order they are written
 LINE_FIELDS = ("type", "source", "target", "metadata", "version", "created_at", "updated_at", "expires_at")
-#: what a line adds to its stored key and record, at most (field names, quotes): for sizing chunks
-LINE_OVERHEAD_BYTES = 128
 
 
 def line_of(stored_key: bytes, record: bytes) -> dict[str, Any]:
@@ -48,6 +46,11 @@ def line_of(stored_key: bytes, record: bytes) -> dict[str, Any]:
         "updated_at": value.get("u"),
         "expires_at": value.get("e"),
     }
+
+
+def encoded_line(stored_key: bytes, record: bytes) -> bytes:
+    """`line_of` as the JSON of the line, once: the export splices these into its chunks."""
+    return orjson.dumps(line_of(stored_key, record))
 
 
 def restore_command(line: dict[str, Any], where: str) -> dict[str, Any]:
@@ -137,6 +140,7 @@ __all__ = [
     "PATTERNS_FORMAT",
     "check_trailer",
     "import_request_id",
+    "encoded_line",
     "line_of",
     "restore_command",
     "trailer",

@@ -577,7 +577,7 @@ class NamespaceActor:
         items = take_snapshot(self.writer, stores_of(self.tables.state), plan.partitions, plan.namespace)
         self.exports.start(plan, items)
 
-    async def _publish_export(self, result: Result, plan: ExportPlan, last: bool) -> None:
+    async def _publish_export(self, result: Result, message: Outbound, plan: ExportPlan, last: bool) -> None:
         """One chunk of an export, published after the state of its partition's open cycle (so
         after the state it shows); the last one acknowledges the export's message."""
         published = asyncio.get_running_loop().create_future()
@@ -588,7 +588,7 @@ class NamespaceActor:
 
         reply = Reply(
             plan.msg if last else None,
-            [result_message(result)],
+            [message],
             namespace=plan.namespace,
             result=result if last else None,
             on_published=done,

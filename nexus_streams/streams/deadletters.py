@@ -256,8 +256,8 @@ async def show_deadletter(
 
 class _Writer:
     """What the redrive and discard commands write. The re-sent messages go out as plain records
-    (a transaction's markers in the input topics would read as unread messages to the worker's
-    stall watch, nexus_streams/stalls.py); the handled records as transactions of an id of the
+    (a transaction would make them no more atomic for a worker reading read_uncommitted, the
+    default: docs/deadletters.md, "Delivery"); the handled records as transactions of an id of the
     tool's own, so that starting a run fences an earlier one still going."""
 
     def __init__(self, settings: Settings, principal: str) -> None:

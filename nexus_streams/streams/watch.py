@@ -3,15 +3,19 @@ Faust and Kafka, and the seek when a partition stalled or skipped records."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 
 import faust
 
 from nexus_streams.metrics import Metrics
-from nexus_streams.stalls import PartitionView, Progress, StallDetector
+from nexus_streams.stalls import PartitionView, Progress, Reseek, Skip, StallDetector
 
 log = logging.getLogger(__name__)
+
+#: the longest a check waits for the consumer's position of one partition
+POSITION_TIMEOUT_S = 1.0
 
 
 class InputWatch:
@@ -29,6 +33,8 @@ class InputWatch:
         #: partitions whose progress started at the first record received, with nothing committed:
         #: checked against the partition's first offset (records before it may have been dropped)
         self._unanchored: set[Any] = set()
+        #: partitions being read again quietly to check them (see stalls.py), from which offset
+        self._checking: dict[Any, int] = {}
         self.busy = 0
 
     def _current(self, tp: Any) -> Progress | None:
@@ -131,9 +137,76 @@ class InputWatch:
                 expected = committed if committed is not None else first.get(tp)
             highwater = consumer.highwater(tp)
             known = highwater if highwater is not None and highwater >= 0 else None
-            views[tp] = PartitionView(expected, known, hole=progress is not None and progress.hole)
-        for reseek in self.detector.check(views, idle=self.busy == 0 and queued == 0 and publishing == 0):
-            tp = reseek.partition
+            hole = progress is not None and progress.hole
+            behind = expected is not None and known is not None and known > expected
+            position = await self._position(tp) if behind and not hole else None
+            views[tp] = PartitionView(expected, known, hole=hole, position=position)
+        for action in self.detector.check(views, idle=self.busy == 0 and queued == 0 and publishing == 0):
+            if isinstance(action, Skip):
+                self._skip(action)
+            else:
+                await self._reseek(action)
+        self._report(assigned)
+
+    def _report(self, assigned: list[Any]) -> None:
+        """What the reading again found: records passed over (a stall), offsets without records."""
+        for gone in set(self._checking) - set(assigned):
+            del self._checking[gone]
+        for tp in assigned:
+            progress = self._current(tp)
+            if progress is None:
+                continue
+            checking = self._checking.get(tp)
+            if progress.recovered and checking is not None:  # (a loud reseek was counted)
+                log.warning(
+                    "%s[%s] had records from offset %d on that the agent never received: read again",
+                    tp.topic,
+                    tp.partition,
+                    checking,
+                )
+                self.metrics.reseeks.inc()
+            progress.recovered = 0
+            if checking is not None and progress.expected > checking:
+                del self._checking[tp]
+            if progress.without_records:
+                self.metrics.offsets_without_records.inc(progress.without_records)
+                progress.without_records = 0
+
+    async def _position(self, tp: Any) -> int | None:
+        """The consumer's position (past transaction markers), None when it cannot say now."""
+        try:
+            position = await asyncio.wait_for(cast(Any, self.app.consumer).position(tp), POSITION_TIMEOUT_S)
+        except Exception as exc:  # asked again at the next check
+            log.debug("position of %s: %r", tp, exc)
+            return None
+        return position if isinstance(position, int) else None
+
+    def _skip(self, skip: Skip) -> None:
+        tp = skip.partition
+        log.debug(
+            "%s[%s]: offsets %d..%d hold no records (transaction markers): going on from %d",
+            tp.topic,  # type: ignore[attr-defined]
+            tp.partition,  # type: ignore[attr-defined]
+            skip.offset,
+            skip.to - 1,
+            skip.to,
+        )
+        self._checking.pop(tp, None)
+        progress = self._current(tp)
+        if progress is None:  # nothing received since the assignment: start from there
+            progress = Progress(skip.to)
+            self._progress[tp] = (self.app.consumer_generation_id, progress)
+            self._unanchored.discard(tp)
+            progress.without_records += skip.to - skip.offset
+        else:
+            progress.skip(skip.to)
+
+    async def _reseek(self, reseek: Reseek) -> None:
+        tp = reseek.partition
+        if reseek.quiet:
+            log.debug("%s[%s]: reading it again from %d to check it", tp.topic, tp.partition, reseek.offset)  # type: ignore[attr-defined]
+            self._checking[tp] = reseek.offset
+        else:
             log.warning(
                 "%s[%s] stalled at offset %d below its high watermark %d: reading it again from there",
                 tp.topic,  # type: ignore[attr-defined]
@@ -142,7 +215,7 @@ class InputWatch:
                 reseek.highwater,
             )
             self.metrics.reseeks.inc()
-            progress = self._current(tp)
-            if progress is not None:
-                progress.sought()
-            await consumer.seek(tp, reseek.offset)
+        progress = self._current(tp)
+        if progress is not None:
+            progress.sought()
+        await cast(Any, self.app.consumer).seek(tp, reseek.offset)

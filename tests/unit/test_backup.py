@@ -23,8 +23,9 @@ from nexus_streams.domain.errors import InvalidBackup, UnknownFormatVersion
 from nexus_streams.domain.graph import Graph, MemoryRecords, plan_create, plan_expire
 from nexus_streams.domain.relationships import RelationType
 from nexus_streams.messages import Result
+from nexus_streams.replies import Outbound, result_message
 from nexus_streams.service import ExportPlan, Received
-from nexus_streams.streams.export import ExportLimits, Exports, take_snapshot
+from nexus_streams.streams.export import ExportLimits, Exports, chunk_message, take_snapshot
 from nexus_streams.streams.stores import MemoryStores, PartitionedMemoryStore
 from nexus_streams.streams.writer import StateWriter
 from nexus_streams.topics import QUERIES
@@ -199,9 +200,10 @@ def stream(count: int, limits: ExportLimits, chunk_bytes: int | None = None) -> 
     writer, stores = stores_with({key(i): value(i) for i in range(count)})
     sent: list[Result] = []
 
-    async def publish(result: Result, p: ExportPlan, last: bool) -> None:
+    async def publish(result: Result, message: Outbound, p: ExportPlan, last: bool) -> None:
         assert last == bool((result.output or {}).get("last"))
-        sent.append(result)
+        assert (result.output or {})["relationships"] == []  # the lines are in the message only
+        sent.append(Result.model_validate_json(message.value))
 
     async def run() -> None:
         exports = Exports(limits, publish, lambda: datetime(2024, 5, 1, tzinfo=UTC))
@@ -233,6 +235,51 @@ def test_export__chunks_under_the_limit_carry_every_relationship_once() -> None:
     assert outputs[-1]["relationships_sent"] == 1000
 
 
+def test_export__the_next_chunk_is_read_while_one_is_published_never_two_at_once() -> None:
+    writer, stores = stores_with({key(i): value(i) for i in range(1000)})
+    publishing, chunks, overlapped = 0, [], 0
+
+    async def publish(result: Result, message: Outbound, p: ExportPlan, last: bool) -> None:
+        nonlocal publishing
+        publishing += 1
+        assert publishing == 1
+        await asyncio.sleep(0.01)
+        chunks.append((result.output or {})["chunk"])
+        publishing -= 1
+
+    async def run() -> None:
+        nonlocal overlapped
+        exports = Exports(LIMITS, publish, lambda: NOW)
+        task = exports.start(plan(1000), take_snapshot(writer, stores, [0], "ns"))
+        while not task.done():
+            overlapped += publishing
+            await asyncio.sleep(0)
+        await task
+
+    asyncio.run(run())
+    assert chunks == list(range(len(chunks))) and len(chunks) > 5 and overlapped > 0
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [None, {"owner": ["user -> wallet"]}, {'"output":{"relationships":[]': ['"output":{"relationships":[]']}],
+)
+def test_chunk_message__splices_the_lines_into_the_chunks_result(schema: Any) -> None:
+    lines = [orjson.dumps({"type": "owner", "n": n}) for n in range(3)]
+    output = {"relationships": [], "chunk": 0, "last": True, "count": 3, "schema": schema}
+    result = Result(
+        request_id='e"1', namespace="ns", action="export", status="ok", output=output, processed_at=NOW
+    )
+    message = chunk_message(result, lines)
+    decoded = json.loads(message.value)
+    assert decoded["output"]["relationships"] == [{"type": "owner", "n": n} for n in range(3)]
+    assert decoded["output"]["schema"] == schema and decoded["request_id"] == 'e"1'
+    assert (
+        message.headers == result_message(result).headers
+        and chunk_message(result, []).value == result_message(result).value
+    )
+
+
 def test_export__a_smaller_chunk_asked_for_and_an_empty_namespace() -> None:
     assert len(stream(1000, LIMITS, chunk_bytes=4096)) > len(stream(1000, LIMITS))
     (only_chunk,) = stream(0, LIMITS)
@@ -244,7 +291,7 @@ def test_export__yields_the_loop_between_slices() -> None:
     writer, stores = stores_with({key(i): value(i) for i in range(3000)})
     ticks = 0
 
-    async def publish(result: Result, p: ExportPlan, last: bool) -> None:
+    async def publish(result: Result, message: Outbound, p: ExportPlan, last: bool) -> None:
         return None
 
     async def ticker() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_streams.stalls import PartitionView, Progress, Reseek, StallDetector
+from nexus_streams.stalls import PartitionView, Progress, Reseek, Skip, StallDetector
 
 BEHIND = PartitionView(expected=10, highwater=60)
 
@@ -32,13 +32,49 @@ def test_movement_resets_the_wait() -> None:
     assert [len(detector.check({"t[0]": moved}, idle=True)) for _ in range(2)] == [0, 1]
 
 
-def test_a_hole_is_read_again_at_the_first_idle_check() -> None:
+def test_a_hole_is_checked_quietly_at_the_first_idle_check_then_read_again_loudly() -> None:
     detector = StallDetector(patience=3)
     holed = PartitionView(expected=10, highwater=60, hole=True)
     assert detector.check({"t[0]": holed}, idle=False) == []
-    assert detector.check({"t[0]": holed}, idle=True) == [Reseek("t[0]", 10, 60)]
-    # if that moved nothing, the wait doubles from there: 6 checks
-    assert [len(detector.check({"t[0]": holed}, idle=True)) for _ in range(6)] == [0, 0, 0, 0, 0, 1]
+    # a transaction marker in the middle looks like this too: the check reports nothing by itself
+    assert detector.check({"t[0]": holed}, idle=True) == [Reseek("t[0]", 10, 60, quiet=True)]
+    # if that moved nothing, the partition is stalled: patience checks, then the wait doubles
+    results = [detector.check({"t[0]": holed}, idle=True) for _ in range(3 + 6)]
+    assert [i + 1 for i, r in enumerate(results) if r] == [3, 9]
+    assert results[2] == [Reseek("t[0]", 10, 60)]
+
+
+PASSED_END = PartitionView(expected=10, highwater=11, position=11)
+
+
+def test_a_partition_ending_in_a_marker_is_checked_once_then_gone_past() -> None:
+    """The consumer's position moved past the marker at 10, which no record will ever fill."""
+    detector = StallDetector(patience=2)
+    results = [detector.check({"t[0]": PASSED_END}, idle=True) for _ in range(4)]
+    assert results == [[], [Reseek("t[0]", 10, 11, quiet=True)], [], [Skip("t[0]", 10, 11)]]
+    # the check sought back to 10: until the consumer is past the end again, no skip
+    sought = PartitionView(expected=10, highwater=11, position=10)
+    detector = StallDetector(patience=2)
+    detector.check({"t[0]": PASSED_END}, idle=True)
+    assert detector.check({"t[0]": PASSED_END}, idle=True) == [Reseek("t[0]", 10, 11, quiet=True)]
+    views = (sought, PASSED_END, sought, PASSED_END, PASSED_END)
+    assert [detector.check({"t[0]": v}, idle=True) for v in views] == [[], [], [], [], [Skip("t[0]", 10, 11)]]
+
+
+def test_a_consumer_that_did_not_reach_the_end_is_never_skipped_past() -> None:
+    detector = StallDetector(patience=2)
+    short = PartitionView(expected=10, highwater=60, position=30)
+    results = [detector.check({"t[0]": short}, idle=True) for _ in range(6)]
+    assert [r for r in results if r] == [[Reseek("t[0]", 10, 60)], [Reseek("t[0]", 10, 60)]]
+
+
+def test_new_messages_after_a_marker_start_the_judgement_afresh() -> None:
+    detector = StallDetector(patience=2)
+    detector.check({"t[0]": PASSED_END}, idle=True)
+    detector.check({"t[0]": PASSED_END}, idle=True)  # checked quietly
+    later = PartitionView(expected=10, highwater=15, position=15)
+    assert detector.check({"t[0]": later}, idle=True) == []
+    assert detector.check({"t[0]": later}, idle=True) == [Reseek("t[0]", 10, 15, quiet=True)]
 
 
 @pytest.mark.parametrize(
@@ -134,3 +170,25 @@ def test_progress_rewound_to_where_it_started_has_no_hole() -> None:
     progress.rewind(7)
     progress.rewind(9)
     assert (progress.expected, progress.hole) == (8, False)
+
+
+def test_progress_counts_what_reading_again_found() -> None:
+    progress = Progress(expected=5)
+    progress.received(5)
+    progress.received(7)  # 6 missing: a hole
+    progress.sought()
+    progress.received(7)  # still past it: 6 holds no record (a marker)
+    assert (progress.expected, progress.without_records, progress.recovered) == (8, 1, 0)
+    progress.received(10)  # 8, 9 missing
+    progress.sought()
+    progress.received(8)  # they were there: passed over, now delivered
+    assert (progress.expected, progress.hole, progress.recovered) == (9, False, 1)
+
+
+def test_progress_skips_a_stretch_without_records() -> None:
+    progress = Progress(expected=5)
+    progress.sought()
+    progress.skip(7)
+    assert (progress.expected, progress.hole, progress.without_records) == (7, False, 2)
+    progress.received(7)
+    assert (progress.expected, progress.recovered) == (8, 0)  # not taken for a recovered record
