@@ -482,11 +482,16 @@ class NamespaceActor:
         """The records one fetch returned for one input partition, in offset order: each handled,
         then their state flushed as one cycle (streams/writer.py)."""
         spec = self.by_name[tp.topic]
-        consumer = self.app.consumer
+        consumer = cast(Any, self.app.consumer)
         watch = self.watch
         watch.busy += 1
         try:
             for msg in messages:
+                if not consumer.flow_active:
+                    # a rebalance or a stop is handing the partitions over: the rest of the batch
+                    # is left to the next owner (handled here after the hand-over's commit, its
+                    # state would land behind the next owner's rebuild)
+                    break
                 watch.received(msg)
                 token = batch_consumer.MessageToken(consumer, msg)
                 try:

@@ -166,7 +166,10 @@ class BatchConsumer(AIOKafkaConsumer):
         self, tp: TP, batch: list[Any], active: set[TP] | None, handler: BatchHandler | None
     ) -> None:
         if tp in self._unsought:
-            return  # read again from the committed offset once Faust has sought there
+            # read again once Faust has sought to the committed offset (where the group never
+            # committed, its seek leaves the position alone: this seek keeps these records)
+            await self.seek(tp, batch[0].offset)
+            return
         sought = self._sought.pop(tp, None) if handler is not None else None
         if sought is not None and batch[0].offset > sought:
             # taken from the consumer before the seek but handed over after it: the records from
