@@ -218,6 +218,16 @@ def _check_schema(graph: Graph, source: str, type_: RelationType, target: str) -
         raise SchemaViolation(problem, source=source, type=type_.value, target=target)
 
 
+def _refuse_cycle(graph: Graph, key: RelationshipKey) -> None:
+    """A `parent` relationship that would close a cycle in the hierarchy is refused."""
+    cycle = _hierarchy_cycle(graph, key.source, key.target)
+    if cycle is not None:
+        raise CycleDetected(
+            f"{key.source} parent {key.target} would close a cycle in the hierarchy: " + " -> ".join(cycle),
+            cycle=cycle,
+        )
+
+
 def _hierarchy_cycle(graph: Graph, parent: str, child: str) -> list[str] | None:
     """The cycle that `parent parent child` would close, if any: a parent path child -> parent."""
     index = graph.index
@@ -269,13 +279,7 @@ def plan_create(
             target=target,
         )
     if key.type is RelationType.PARENT:
-        cycle = _hierarchy_cycle(graph, key.source, key.target)
-        if cycle is not None:
-            raise CycleDetected(
-                f"{key.source} parent {key.target} would close a cycle in the hierarchy: "
-                + " -> ".join(cycle),
-                cycle=cycle,
-            )
+        _refuse_cycle(graph, key)
     rel = Relationship(
         namespace=graph.namespace,
         source=key.source,
@@ -370,13 +374,7 @@ def plan_restore(graph: Graph, restored: Relationship) -> Outcome:
     key = canonical_key(source, type_, target)
     previous = graph.get(key)
     if previous is None and key.type is RelationType.PARENT:
-        cycle = _hierarchy_cycle(graph, key.source, key.target)
-        if cycle is not None:
-            raise CycleDetected(
-                f"{key.source} parent {key.target} would close a cycle in the hierarchy: "
-                + " -> ".join(cycle),
-                cycle=cycle,
-            )
+        _refuse_cycle(graph, key)
     rel = Relationship(
         namespace=graph.namespace,
         source=key.source,
