@@ -36,6 +36,16 @@ def consumer_state(app: faust.App) -> str:
             lines.append(
                 f"  {tp.topic}[{tp.partition}] position={state._position} paused={state.paused} "  # noqa: SLF001
                 f"read={consumer._read_offset.get(tp)} committed={consumer._committed_offset.get(tp)} "  # noqa: SLF001
-                f"acked={len(consumer._acked.get(tp) or ())}"  # noqa: SLF001
+                f"acked={_offsets(consumer._acked.get(tp))} "  # noqa: SLF001
+                f"gaps={sorted((i.begin, i.end) for i in consumer._gap.get(tp) or ())[:5]} "  # noqa: SLF001
+                f"unacked={_offsets(m.offset for m in consumer.unacked if m.tp == tp)}"
             )
     return "\n".join(lines)
+
+
+def _offsets(offsets: Any) -> str:
+    """How many offsets, and the span and first few of them: enough to see a hole."""
+    found = sorted(offsets or ())
+    if not found:
+        return "0"
+    return f"{len(found)} [{found[0]}..{found[-1]}] first {found[:5]}"

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tests.integration.conftest import PARTITIONS, own_worker
+from tests.integration.conftest import PARTITIONS, WorkerProcess, own_worker
 from tests.integration.fuzzing import MAX_VALUE_BYTES, Message, Outcome, generate, render
 from tests.integration.wire import Record, Wire
 
@@ -288,6 +288,31 @@ async def commit_problems(bootstrap: str, env: dict[str, str]) -> list[str]:
         await asyncio.sleep(1.0)  # polling: there is no event to wait for
 
 
+def consumer_dump(worker: WorkerProcess) -> str:
+    """What the worker says of its acknowledgements and commits (kill -USR1), and its rebalances:
+    where a commit stopped, and why."""
+    before = len(worker.log_text())
+    worker.dump_tasks()
+    log = worker.log_text()
+    prefix = worker.env["NEXUS_TOPIC_PREFIX"]
+    state = [
+        line
+        for line in log[before:].splitlines()
+        if line.startswith(("consumer:", "agent ", "producer:", f"  {prefix}."))
+    ]
+    events = [
+        line
+        for line in log[:before].splitlines()
+        if any(word in line for word in ("rebalanc", "Rebalanc", "revoked", "hand-over", "stalled", "commit"))
+    ]
+    return (
+        "worker state:\n"
+        + ("\n".join(state) or "(no dump)")
+        + "\nits rebalances and commits:\n"
+        + "\n".join(events[-30:])
+    )
+
+
 async def test_fuzz__every_message_accounted_for_and_the_worker_unharmed(
     kafka_bootstrap: str, redis_url: str
 ) -> None:
@@ -329,8 +354,8 @@ async def test_fuzz__every_message_accounted_for_and_the_worker_unharmed(
         if "Traceback" in log:
             at = log.index("Traceback")
             problems.append(f"the worker logged a Traceback:\n{log[max(0, at - 300) : at + 1500]}")
-        if not left:
-            problems += await commit_problems(kafka_bootstrap, worker.env)
+        if not left and (lagging := await commit_problems(kafka_bootstrap, worker.env)):
+            problems += [*lagging, consumer_dump(worker)]
         assert not problems, (
             f"{len(ledger.messages)} messages ({len(valid_sent)} valid) sent in {sent_s:.0f}s, "
             f"{time.monotonic() - started:.0f}s in all; worker log {worker.log_path}\n"
