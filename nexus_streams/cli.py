@@ -84,13 +84,14 @@ def worker(
     from faust import Worker
 
     from nexus_streams import logs
-    from nexus_streams.streams.admin import ensure_topics
+    from nexus_streams.streams.admin import ensure_topics, leave_for_previous_run
     from nexus_streams.streams.app import create_app
 
     settings = Settings()
     level = (loglevel or settings.log_level).upper()
     log_config = logs.configure(level, settings.log_json)  # text, or JSON lines with NEXUS_LOG_JSON
     run_async(ensure_topics(settings))
+    run_async(leave_for_previous_run(settings))  # after a crash: no wait for its session timeout
     from nexus_streams.metrics import Metrics
 
     metrics = Metrics()

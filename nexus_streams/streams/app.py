@@ -48,6 +48,7 @@ from nexus_streams.store.base import ExecutionRecord, PatternStore
 from nexus_streams.store.cache import PatternCache
 from nexus_streams.store.redis import RedisPatternStore
 from nexus_streams.streams import consumer as batch_consumer
+from nexus_streams.streams.admin import member_file
 from nexus_streams.streams.batches import Batches
 from nexus_streams.streams.deadletters import watch_waiting
 from nexus_streams.streams.dump import consumer_state
@@ -889,7 +890,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> faust.App:
     actor = NamespaceActor(app, settings, metrics, store, cache)
     actor.tables.state.on_recover(actor.rebuild)
     # the namespace actor's input topics, a fetch at a time (streams/consumer.py)
-    batch_consumer.install(app, frozenset(actor.inbound.topics), actor.handle_batch)
+    batch_consumer.install(app, frozenset(actor.inbound.topics), actor.handle_batch, member_file(settings))
     app.agent(actor.inbound, name="apply_namespace_commands")(actor.process)
     app.timer(interval=settings.maintenance_interval_s)(actor.maintain)
     patterns = PatternActor(app, settings, actor)

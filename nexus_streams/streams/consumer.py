@@ -22,10 +22,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
+
+from nexus_streams.streams.admin import remember_member
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ class BatchConsumer(AIOKafkaConsumer):
     _unsought: set[TP] = frozenset()  # type: ignore[assignment]
     #: per partition, the offset of the last seek to the committed offsets, until its first fetch
     _sought: dict[TP, int] = {}  # noqa: RUF012 - replaced per instance by each seek
+    #: where the group member id is kept, for the next run after a crash (admin.leave_for_previous_run)
+    member_path: Path | None = None
+    _member_id: str | None = None
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Commit what was acknowledged before Faust forgets it. Faust drops the acknowledgements
@@ -67,7 +73,20 @@ class BatchConsumer(AIOKafkaConsumer):
         (a second result each), and its acknowledgements, taken before Faust knew the committed
         offset, could hold the partition's commits back."""
         self._unsought = {tp for tp in assigned if tp.topic in self.batch_topics}
+        self._remember_member()
         await super().on_partitions_assigned(assigned, generation_id)
+
+    def _remember_member(self) -> None:
+        if self.member_path is None:
+            return
+        try:
+            kafka: Any = self._thread._consumer  # noqa: SLF001 - the member id has no public accessor
+            member_id = kafka._coordinator.member_id  # noqa: SLF001
+            if member_id and member_id != self._member_id:
+                remember_member(self.member_path, member_id)
+                self._member_id = member_id
+        except Exception as exc:  # only a restart after a crash waits longer
+            log.warning("could not keep the group member id in %s: %r", self.member_path, exc)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
@@ -229,9 +248,10 @@ class MessageToken:
         self.consumer.ack(self.message)
 
 
-def install(app: Any, topics: frozenset[str], handler: BatchHandler) -> None:
+def install(app: Any, topics: frozenset[str], handler: BatchHandler, member_path: Path | None = None) -> None:
     """Make `app` use BatchConsumer for `topics` (before its consumer is created)."""
     transport = app.transport
     transport.Consumer = type("NexusBatchConsumer", (BatchConsumer,), {})
     transport.Consumer.batch_topics = topics
     transport.Consumer.batch_handler = staticmethod(handler)
+    transport.Consumer.member_path = member_path

@@ -91,6 +91,8 @@ async def test_sigkill_mid_stream__every_request_answered_once_and_changes_appli
         await producer
         worker.start()
         await wait_until_answering(wire, worker)
+        # the killed run's group membership was ended at the restart, not after its session timeout
+        assert "left the group: NoError" in worker.log_text(), worker.log_path
 
         def answered() -> set[str]:
             return {
