@@ -90,6 +90,11 @@ STATISTICS_LINGER_S = 0.05
 MEMORY_STORE = "nexus-memory://state"  # a URL with a path: an empty one is falsy
 #: replies a worker holds unpublished before it stops reading its input for a while
 MAX_PENDING_REPLIES = 20_000
+#: a partition's open cycle is sealed once its state writes and messages are this large; its
+#: input waits while it holds that much and the cycle before is in flight (streams/writer.py
+#: `wait_room`): what a worker holds unpublished is ~2 x this per partition (a batch command of
+#: 1,000 creates is ~0.5 MB: a cycle of its own), not a fetch's worth of batch commands
+SEAL_CYCLE_BYTES = 512 * 1024
 #: how long a rebuild waits for the state flushes in flight
 REBUILD_DRAIN_S = 30.0
 #: how long an execution waits at worker start for the system patterns to be registered
@@ -375,6 +380,7 @@ class NamespaceActor:
             rel = change.relationship
             key = state_key(Kind.RECORD, rel.key.as_stored(rel.namespace))
             put(partition, key.encode(), orjson.dumps(rel.to_record()) if isinstance(change, Put) else None)
+        reply.changes = []  # written: the reply waits for its flush without them
         if reply.schema is not None:
             namespace, document = reply.schema
             put(partition, state_key(Kind.SCHEMA, namespace).encode(), orjson.dumps(document))
@@ -396,8 +402,10 @@ class NamespaceActor:
         assert reply.message is not None, "a reply to publish answers a message"
         partition = reply.message.partition
         self._stage(reply, partition)
-        self.writer.attach(partition, (reply, started))
-        if seal or self.writer.open_bytes(partition) >= MAX_CYCLE_BYTES // 2:
+        self.writer.attach(partition, (reply, started), sum(len(out.value) for out in reply.outbound))
+        if seal or self.writer.open_held(partition) >= SEAL_CYCLE_BYTES or (
+            self.writer.open_bytes(partition) >= MAX_CYCLE_BYTES // 2
+        ):
             self.writer.seal(partition)
 
     def _before_write(self, partition: int, cycle: Cycle) -> None:
@@ -499,6 +507,9 @@ class NamespaceActor:
                     await self.handle_message(spec, msg, token, time.perf_counter())
                 except Exception as exc:  # whatever a message provokes ends as its outcome
                     await self.fail(token, msg, exc)
+                # a full open cycle (complete() sealed it) waits for the flush in flight: a fetch
+                # of batch commands otherwise piled up its replies' state and messages unflushed
+                await self.writer.wait_room(tp.partition, SEAL_CYCLE_BYTES)
             self.writer.seal(tp.partition)
             if self.writer.pending() > MAX_PENDING_REPLIES:
                 await self.writer.wait_flushed(tp.partition)  # the broker is slower: hold the input

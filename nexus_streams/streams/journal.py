@@ -39,20 +39,26 @@ class _Record:
     #: the input messages it answers: topic name -> the highest offset among them
     offsets: dict[str, int]
     messages: list[tuple[str, int]]
+    #: the record as written: decoded only when a redelivery asks for one of its messages
+    value: bytes
 
 
 class Journal:
-    """Per state partition: the journal records not yet deleted, and the outbound of every
-    message they hold, for a redelivery to find."""
+    """Per state partition: the journal records not yet deleted, as written (the bytes, not the
+    messages: a batch command's thousand events are a few KB compressed, and read back only
+    after a crash), and which records answer each input message, for a redelivery to find."""
 
     def __init__(self, separator: str) -> None:
         self._sep = separator
         self._records: dict[int, dict[int, _Record]] = {}
         self._next: dict[int, int] = {}
-        self._outbound: dict[tuple[str, int, int], list[Outbound]] = {}
+        #: (topic, partition, offset) -> the sequence numbers of the records that answer it
+        self._answered: dict[tuple[str, int, int], list[int]] = {}
+        #: the last record decoded: (partition, seq), and its messages by (topic, offset)
+        self._decoded: tuple[tuple[int, int], dict[tuple[str, int], list[Outbound]]] | None = None
 
     def __len__(self) -> int:
-        return len(self._outbound)
+        return len(self._answered)
 
     def record(
         self, partition: int, answered: Iterable[tuple[str, int, list[Outbound]]]
@@ -66,12 +72,18 @@ class Journal:
         self._next[partition] = seq + 1
         key = self._sep.join((JOURNAL_KIND, str(partition), f"{seq:012d}")).encode()
         value = _encode(entries)
-        self._keep(partition, seq, key, entries)
+        self._keep(partition, seq, key, [(topic, offset) for topic, offset, _ in entries], value)
         return key, value
 
     def replay(self, topic: str, partition: int, offset: int) -> list[Outbound] | None:
         """What the message at `topic`[`partition`]@`offset` published, if a journal record has it."""
-        return self._outbound.get((topic, partition, offset))
+        seqs = self._answered.get((topic, partition, offset))
+        if seqs is None:
+            return None
+        outbound: list[Outbound] = []
+        for seq in seqs:
+            outbound.extend(self._messages(partition, seq).get((topic, offset), ()))
+        return outbound
 
     def committed(self, partition: int, committed: Callable[[str, int], int | None]) -> list[bytes]:
         """The records of `partition` whose every message is committed (`committed(topic,
@@ -85,14 +97,24 @@ class Journal:
                 break
             del records[seq]
             for topic, offset in record.messages:
-                self._outbound.pop((topic, partition, offset), None)
+                seqs = self._answered.get((topic, partition, offset))
+                if seqs is not None:
+                    seqs.remove(seq)
+                    if not seqs:
+                        del self._answered[(topic, partition, offset)]
             done.append(record.key)
+        if (
+            self._decoded is not None
+            and self._decoded[0][0] == partition
+            and self._decoded[0][1] not in records
+        ):
+            self._decoded = None
         return done
 
     def load(self, partition: int, key: bytes, value: bytes) -> None:
         """A record read back from the state (a restart, a rebalance)."""
         seq = int(key.decode().rpartition(self._sep)[2])
-        self._keep(partition, seq, key, _decode(value))
+        self._keep(partition, seq, key, [(topic, offset) for topic, offset, _ in _decode(value)], value)
         self._next[partition] = max(self._next.get(partition, 0), seq + 1)
 
     def partitions(self) -> list[int]:
@@ -101,18 +123,27 @@ class Journal:
     def forget(self) -> None:
         self._records.clear()
         self._next.clear()
-        self._outbound.clear()
+        self._answered.clear()
+        self._decoded = None
 
     def _keep(
-        self, partition: int, seq: int, key: bytes, entries: list[tuple[str, int, list[Outbound]]]
+        self, partition: int, seq: int, key: bytes, messages: list[tuple[str, int]], value: bytes
     ) -> None:
         offsets: dict[str, int] = {}
-        messages = []
-        for topic, offset, outbound in entries:
+        for topic, offset in messages:
             offsets[topic] = max(offset, offsets.get(topic, -1))
-            messages.append((topic, offset))
-            self._outbound.setdefault((topic, partition, offset), []).extend(outbound)
-        self._records.setdefault(partition, {})[seq] = _Record(key, offsets, messages)
+            self._answered.setdefault((topic, partition, offset), []).append(seq)
+        self._records.setdefault(partition, {})[seq] = _Record(key, offsets, messages, value)
+
+    def _messages(self, partition: int, seq: int) -> dict[tuple[str, int], list[Outbound]]:
+        """The messages of one record by input message, decoded once for a run of replays (a
+        redelivery reads the messages of a record one after the other)."""
+        if self._decoded is None or self._decoded[0] != (partition, seq):
+            by_message: dict[tuple[str, int], list[Outbound]] = {}
+            for topic, offset, outbound in _decode(self._records[partition][seq].value):
+                by_message.setdefault((topic, offset), []).extend(outbound)
+            self._decoded = ((partition, seq), by_message)
+        return self._decoded[1]
 
 
 def _past(committed: int | None, offset: int) -> bool:

@@ -44,14 +44,22 @@ class Cycle:
 
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
     replies: list[Any] = field(default_factory=list)
+    #: of the writes, as a record batch (bounded by MAX_CYCLE_BYTES)
     bytes: int = 0
+    #: of the messages its replies publish
+    message_bytes: int = 0
+
+    @property
+    def held(self) -> int:
+        """What the cycle holds unpublished: its writes and its replies' messages."""
+        return self.bytes + self.message_bytes
 
     def __bool__(self) -> bool:
         return bool(self.writes or self.replies)
 
 
 class _Partition:
-    __slots__ = ("open", "inflight", "task", "idle")
+    __slots__ = ("open", "inflight", "task", "idle", "taken")
 
     def __init__(self) -> None:
         self.open = Cycle()
@@ -59,6 +67,8 @@ class _Partition:
         self.task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
+        #: set when the open cycle is taken to be flushed (a new event for the next one)
+        self.taken = asyncio.Event()
 
 
 class StateWriter:
@@ -120,13 +130,22 @@ class StateWriter:
         writes[key] = value
         cycle.bytes += len(key) + len(value or b"") + RECORD_OVERHEAD_BYTES
 
-    def attach(self, partition: int, reply: Any) -> None:
-        """Publish `reply` after the writes of this partition's open cycle are in the changelog."""
-        self._partition(partition).open.replies.append(reply)
+    def attach(self, partition: int, reply: Any, message_bytes: int = 0) -> None:
+        """Publish `reply` (its messages `message_bytes` long) after the writes of this
+        partition's open cycle are in the changelog."""
+        cycle = self._partition(partition).open
+        cycle.replies.append(reply)
+        cycle.message_bytes += message_bytes
 
     def open_bytes(self, partition: int) -> int:
+        """The open cycle's writes, as a record batch."""
         state = self._partitions.get(partition)
         return 0 if state is None else state.open.bytes
+
+    def open_held(self, partition: int) -> int:
+        """The open cycle's writes and messages (`Cycle.held`)."""
+        state = self._partitions.get(partition)
+        return 0 if state is None else state.open.held
 
     def pending(self) -> int:
         """Replies not yet published, over every partition."""
@@ -143,6 +162,19 @@ class StateWriter:
         if state.task is None or state.task.done():
             state.idle.clear()
             state.task = asyncio.create_task(self._flush(partition, state), name=f"nexus-flush-{partition}")
+
+    async def wait_room(self, partition: int, max_bytes: int) -> None:
+        """While `partition`'s open cycle holds (`Cycle.held`) `max_bytes` or more and a flush is
+        in flight, wait until that flush takes it: what a partition holds unpublished stays within
+        two cycles, however far ahead of the broker its input is."""
+        state = self._partitions.get(partition)
+        while (
+            state is not None
+            and state.open.held >= max_bytes
+            and state.task is not None
+            and not state.task.done()
+        ):
+            await state.taken.wait()
 
     async def wait_flushed(self, partition: int) -> None:
         """Until nothing of `partition` waits to be flushed."""
@@ -176,6 +208,8 @@ class StateWriter:
             while state.open:
                 cycle, state.open = state.open, Cycle()
                 state.inflight = cycle
+                state.taken.set()
+                state.taken = asyncio.Event()
                 self._before_write(partition, cycle)
                 await self._write(partition, cycle)
                 state.inflight = None
@@ -183,6 +217,8 @@ class StateWriter:
                 await self._publish(cycle.replies)
         finally:
             state.idle.set()
+            state.taken.set()  # (a waiter sees the flush ended)
+            state.taken = asyncio.Event()
 
     async def _write(self, partition: int, cycle: Cycle) -> None:
         """Send the cycle's writes until the broker has them; then the local store."""

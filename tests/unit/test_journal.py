@@ -44,6 +44,43 @@ def test_journal__large_record__compressed_and_read_back() -> None:
     assert again.replay("t", 0, 7) == events
 
 
+def test_journal__a_message_answered_in_two_cycles__replayed_whole_in_order() -> None:
+    """An export's chunks, a parked query answered later: one input message, two records."""
+    journal = Journal(SEP)
+    early, late = [out(RESULTS, b'{"chunk":1}')], [out(RESULTS, b'{"chunk":2}'), out(EVENTS, b"{}")]
+    journal.record(0, [("t.queries", 4, early), ("t.queries", 5, [out(RESULTS, b"5")])])
+    journal.record(0, [("t.queries", 4, late)])
+    assert journal.replay("t.queries", 0, 4) == early + late
+    assert journal.replay("t.queries", 0, 5) == [out(RESULTS, b"5")]
+    # committed up to offset 5 only: the first record (it answers offset 5) stays, and with it
+    # both; at 6 both go
+    assert journal.committed(0, lambda topic, partition: 5) == []
+    assert journal.replay("t.queries", 0, 4) == early + late
+    assert len(journal.committed(0, lambda topic, partition: 6)) == 2
+    assert journal.replay("t.queries", 0, 4) is None and len(journal) == 0
+
+
+def test_journal__keeps_the_records_encoded__not_their_messages() -> None:
+    journal = Journal(SEP)
+    events = [out(EVENTS, b'{"type":"relationship_created","n":%d}' % i) for i in range(1000)]
+    journal.record(0, [("t", 7, events)])
+    assert not any(isinstance(o, Outbound) for o in _reachable(journal))
+    assert journal.replay("t", 0, 7) == events
+
+
+def _reachable(root: object) -> list[object]:
+    import gc
+
+    seen, todo, found = {id(root)}, [root], []
+    while todo:
+        for ref in gc.get_referents(todo.pop()):
+            if id(ref) not in seen and not isinstance(ref, type):
+                seen.add(id(ref))
+                found.append(ref)
+                todo.append(ref)
+    return found
+
+
 def test_journal__record__nothing_answered__no_record() -> None:
     assert Journal(SEP).record(0, []) is None
 
