@@ -9,6 +9,13 @@ it), so a full collection only walks what was allocated since the last one. Froz
 freed by reference counting; only garbage *cycles* among them would stay, so every `full_interval_s`
 the epoch ends: unfreeze, one complete collection, freeze again (one longer pause, rarely).
 
+**Heap trim.** glibc's allocator keeps what the process freed for its own reuse: after a burst
+(a batch load's fetches, records and replies) the worker's RSS stayed at its peak, ~58% of it free
+memory inside the heap (measured with `malloc_trim` called from gdb after loading 20k relationships:
+RSS above baseline 6.4 -> 2.7 KB per relationship). `HeapTrim` calls `malloc_trim(0)` from the
+maintenance timer every `interval_s`, returning those
+pages (a few ms; logged when slow). Elsewhere than glibc it does nothing.
+
 **Event loop watch.** `LoopWatch` ticks on the loop every `interval_s` and reports how late each tick
 ran (the loop's lag: the time a ready message waits because something else holds the loop); a
 thread notices a loop that has not ticked for `warn_s` and logs where the loop thread is at that
@@ -19,6 +26,8 @@ so the watch's thread cannot see it). docs/observability.md, "A slow worker".
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import sys
@@ -27,7 +36,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from nexus_streams.settings import Settings
@@ -126,6 +135,49 @@ class GcEpochs:
         self.epochs += 1
         self._epoch_started = self._clock()
         return time.perf_counter() - started
+
+
+class HeapTrim:
+    """`malloc_trim(0)` now and then (see the module docstring)."""
+
+    def __init__(
+        self, interval_s: float, slow_s: float = 0.25, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self.slow_s = slow_s
+        self._clock = clock
+        self._trim = _malloc_trim() if interval_s > 0 else None
+        self._last = clock()
+        #: trims done (for tests and the log)
+        self.trims = 0
+
+    def maybe_trim(self) -> float | None:
+        """Trim when `interval_s` passed since the last trim; returns its seconds, or None. (On a
+        heap with nothing to give back it costs well under a millisecond.)"""
+        if self._trim is None or self._clock() - self._last < self.interval_s:
+            return None
+        self._last = self._clock()
+        started = time.perf_counter()
+        self._trim(0)
+        seconds = time.perf_counter() - started
+        self.trims += 1
+        if self.slow_s > 0 and seconds >= self.slow_s:
+            log.warning("returning free heap memory to the system (malloc_trim) took %.0f ms", seconds * 1000)
+        return seconds
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, None where there is none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    if trim is None:
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return cast("Callable[[int], int]", trim)
 
 
 class LoopWatch:

@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     gc_full_interval_s: float = Field(
         default=900.0, ge=0, description="seconds between complete collections of frozen objects; 0: never"
     )
+    malloc_trim_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds between returns of freed heap memory to the system (glibc malloc_trim); "
+        "0: never (nexus_streams/runtime.py)",
+    )
     loop_stall_warn_ms: float = Field(
         default=250.0,
         ge=0,

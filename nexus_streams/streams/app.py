@@ -41,7 +41,7 @@ from nexus_streams.metrics import INPUT_TOPICS, Metrics
 from nexus_streams.pattern_registry import REQUEST_SCOPE, PatternRegistry
 from nexus_streams.patterns import SystemPatterns
 from nexus_streams.replies import Outbound, Received, result_message, unforeseen
-from nexus_streams.runtime import GcEpochs, GcSettings, LoopWatch
+from nexus_streams.runtime import GcEpochs, GcSettings, HeapTrim, LoopWatch
 from nexus_streams.service import ExportPlan, Limits, NamespaceService, Reply, RequestWindow
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import ExecutionRecord, PatternStore
@@ -233,6 +233,7 @@ class NamespaceActor:
         )
         self.watch = InputWatch(app, metrics)
         self.gc = GcEpochs(GcSettings.of(settings))
+        self.heap = HeapTrim(settings.malloc_trim_interval_s, slow_s=settings.loop_stall_warn_ms / 1000)
         #: the input topics whose partitions `watch` looks after (the pattern agent's too)
         self.input_topics = {settings.topic(spec.name) for spec in INPUT_TOPICS}
 
@@ -403,8 +404,10 @@ class NamespaceActor:
         partition = reply.message.partition
         self._stage(reply, partition)
         self.writer.attach(partition, (reply, started), sum(len(out.value) for out in reply.outbound))
-        if seal or self.writer.open_held(partition) >= SEAL_CYCLE_BYTES or (
-            self.writer.open_bytes(partition) >= MAX_CYCLE_BYTES // 2
+        if (
+            seal
+            or self.writer.open_held(partition) >= SEAL_CYCLE_BYTES
+            or (self.writer.open_bytes(partition) >= MAX_CYCLE_BYTES // 2)
         ):
             self.writer.seal(partition)
 
@@ -754,6 +757,7 @@ class NamespaceActor:
         collected = self.gc.maybe_end_epoch()
         if collected is not None:
             log.info("complete garbage collection (end of an epoch) in %.0f ms", collected * 1000)
+        self.heap.maybe_trim()
         now = self.service.clock()
         self.metrics.executions_in_flight.set(len(self.service.executions.waiting))
         self.metrics.standing_subscriptions.set(len(self.service.subscriptions))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from nexus_streams.runtime import GcEpochs, GcSettings, LoopWatch
+from nexus_streams.runtime import GcEpochs, GcSettings, HeapTrim, LoopWatch
 from tests.unit.test_metrics import Clock
 
 
@@ -146,3 +147,32 @@ async def test_loop_watch_with_warnings_off_starts_no_thread() -> None:
         assert watch._thread is None
     finally:
         watch.stop()
+
+
+# -- heap trim ---------------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_heap_trim__returns_freed_memory_to_the_system() -> None:
+    now = [0.0]
+    trim = HeapTrim(10.0, clock=lambda: now[0])
+    assert trim._trim is not None, "glibc's malloc_trim (this project's machines run glibc)"
+    # many mid-sized allocations (glibc's heap, not mmap), freed but one in a hundred
+    chunks = [bytearray(4000) for _ in range(50_000)]
+    kept = chunks[::100]
+    del chunks
+    before = _rss()
+    assert trim.maybe_trim() is None  # not yet: interval_s has not passed
+    now[0] = 11.0
+    assert trim.maybe_trim() is not None and trim.trims == 1
+    assert _rss() < before - 50 * 2**20, (before, _rss())
+    assert kept
+
+
+def test_heap_trim__off_with_interval_zero() -> None:
+    trim = HeapTrim(0.0, clock=lambda: 100.0)
+    assert trim.maybe_trim() is None and trim.trims == 0
