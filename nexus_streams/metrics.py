@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from nexus_streams.domain.auth import DenialReason
 from nexus_streams.domain.errors import ErrorCode
-from nexus_streams.domain.graph import Graph, Put
+from nexus_streams.domain.graph import Change, Graph, Put
 from nexus_streams.domain.index import CANONICAL_TYPES
 from nexus_streams.executions import ExecutionStats
 from nexus_streams.messages import (
@@ -417,12 +417,17 @@ class Metrics:
                 reason = out.headers.get(H.ERROR_CODE.value, b"other").decode()
                 self.deadletters.labels(spec.name, reason if reason in DEADLETTER_REASONS else "other").inc()
 
-    def _observe_changes(self, reply: Reply) -> None:
-        puts = sum(1 for change in reply.changes if isinstance(change, Put))
+    def observe_changes(self, changes: list[Change]) -> None:
+        """Graph changes applied. A reply counts those it still holds when observed; the worker
+        counts them as it writes them to the changelog and drops them from the waiting reply."""
+        puts = sum(1 for change in changes if isinstance(change, Put))
         if puts:
             self.graph_changes.labels("put").inc(puts)
-        if len(reply.changes) > puts:
-            self.graph_changes.labels("remove").inc(len(reply.changes) - puts)
+        if len(changes) > puts:
+            self.graph_changes.labels("remove").inc(len(changes) - puts)
+
+    def _observe_changes(self, reply: Reply) -> None:
+        self.observe_changes(reply.changes)
         if reply.standing is not None:
             self._observe_standing(reply.standing)
 

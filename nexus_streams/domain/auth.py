@@ -605,11 +605,12 @@ class RateLimiter:
         """`take`, raising `rate_limited` (with `details.retry_after_s`) when over the limit."""
         retry_after = self.take(principal)
         if retry_after > 0:
+            retry_after = math.ceil(retry_after * 1000) / 1000  # whole milliseconds, never 0
             raise RateLimited(
                 f"{principal[:MAX_PRINCIPAL]!r} is over its rate limit of {self.rate_per_s:g} requests/s "
                 f"(burst {self.burst:g}); retry after {retry_after:.3f}s",
                 reason=DenialReason.RATE_LIMITED.value,
-                retry_after_s=round(retry_after, 3),
+                retry_after_s=retry_after,
                 limit_per_s=self.rate_per_s,
                 burst=self.burst,
                 principal=principal[:MAX_PRINCIPAL],

@@ -381,7 +381,8 @@ class NamespaceActor:
             rel = change.relationship
             key = state_key(Kind.RECORD, rel.key.as_stored(rel.namespace))
             put(partition, key.encode(), orjson.dumps(rel.to_record()) if isinstance(change, Put) else None)
-        reply.changes = []  # written: the reply waits for its flush without them
+        self.metrics.observe_changes(reply.changes)
+        reply.changes = []  # written and counted: the reply waits for its flush without them
         if reply.schema is not None:
             namespace, document = reply.schema
             put(partition, state_key(Kind.SCHEMA, namespace).encode(), orjson.dumps(document))

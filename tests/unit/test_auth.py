@@ -857,6 +857,16 @@ def test_rate_limiter__per_principal_with_retry_after() -> None:
     limiter.check("alice")
 
 
+def test_rate_limiter__retry_after_a_token_almost_refilled__at_least_a_millisecond() -> None:
+    now = [0.0]
+    limiter = RateLimiter(20.0, 1, clock=lambda: now[0])
+    limiter.check("alice")
+    now[0] = 0.04999  # 0.9998 of a token back: due in 10 microseconds
+    with pytest.raises(RateLimited) as info:
+        limiter.check("alice")
+    assert info.value.details["retry_after_s"] == 0.001
+
+
 def test_rate_limiter__forgets_the_least_recently_seen() -> None:
     limiter = RateLimiter(1.0, 1, clock=lambda: 0.0, max_principals=3)
     for name in ("a", "b", "c", "d"):
