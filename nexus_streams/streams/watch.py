@@ -10,7 +10,7 @@ from typing import Any, cast
 import faust
 
 from nexus_streams.metrics import Metrics
-from nexus_streams.stalls import CommitView, CommitWatch, PartitionView, Progress, Reseek, Skip, StallDetector
+from nexus_streams.stalls import PartitionView, Progress, Reseek, Skip, StallDetector
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ class InputWatch:
         self.app = app
         self.metrics = metrics
         self.detector = StallDetector(patience)
-        self.commits = CommitWatch(patience)
         #: per partition: the consumer generation it was assigned in, and the agent's progress
         self._progress: dict[Any, tuple[int, Progress]] = {}
         #: per partition the group never committed: the generation and its first offset then
@@ -142,46 +141,12 @@ class InputWatch:
             behind = expected is not None and known is not None and known > expected
             position = await self._position(tp) if behind and not hole else None
             views[tp] = PartitionView(expected, known, hole=hole, position=position)
-        idle = self.busy == 0 and queued == 0 and publishing == 0
-        for action in self.detector.check(views, idle=idle):
+        for action in self.detector.check(views, idle=self.busy == 0 and queued == 0 and publishing == 0):
             if isinstance(action, Skip):
                 self._skip(action)
             else:
                 await self._reseek(action)
-        commits = self._commit_views(assigned)
-        for tp in self.commits.check(commits, idle=idle):
-            await self._read_uncommitted(tp, commits[tp])
         self._report(assigned)
-
-    def _commit_views(self, assigned: list[Any]) -> dict[Any, CommitView]:
-        """Faust's acknowledgement bookkeeping of each partition (no public accessor); the
-        unacknowledged messages are looked at only where the commit is behind a hole."""
-        consumer = cast(Any, self.app.consumer)
-        views = {}
-        for tp in assigned:
-            committed, acked = self._committed(tp), consumer._acked.get(tp)  # noqa: SLF001
-            if committed is None or not acked:
-                views[tp] = CommitView(committed, None)
-                continue
-            top = max(acked)
-            lowest = min([min(acked), *(gap.begin for gap in consumer._gap.get(tp) or () if gap.begin < top)])  # noqa: SLF001
-            pending = lowest - committed > 1 and any(
-                m.tp == tp and not m.acked and committed <= m.offset < lowest for m in consumer.unacked
-            )
-            views[tp] = CommitView(committed, lowest, pending)
-        return views
-
-    async def _read_uncommitted(self, tp: Any, view: CommitView) -> None:
-        log.warning(
-            "%s[%s]: commits stopped at offset %d (acknowledged from %s on, nothing between being "
-            "handled): reading it again from there",
-            tp.topic,
-            tp.partition,
-            view.committed,
-            view.lowest,
-        )
-        self.metrics.reseeks.inc()
-        await cast(Any, self.app.consumer).seek(tp, view.committed)
 
     def _report(self, assigned: list[Any]) -> None:
         """What the reading again found: records passed over (a stall), offsets without records."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_streams.stalls import CommitView, CommitWatch, PartitionView, Progress, Reseek, Skip, StallDetector
+from nexus_streams.stalls import PartitionView, Progress, Reseek, Skip, StallDetector
 
 BEHIND = PartitionView(expected=10, highwater=60)
 
@@ -192,45 +192,3 @@ def test_progress_skips_a_stretch_without_records() -> None:
     assert (progress.expected, progress.hole, progress.without_records) == (7, False, 2)
     progress.received(7)
     assert (progress.expected, progress.recovered) == (8, 0)  # not taken for a recovered record
-
-
-# -- commits stopped for good -------------------------------------------------------------------
-
-HOLE = CommitView(committed=312, lowest=314)
-
-
-def test_commit_view__stuck_only_behind_a_hole_nothing_in_hand_can_fill() -> None:
-    assert HOLE.stuck
-    # Faust commits a run starting one past the committed offset (its own leniency), or at it
-    assert not CommitView(312, 313).stuck
-    assert not CommitView(312, 312).stuck
-    assert not CommitView(312, 314, pending=True).stuck  # a message there is being handled
-    assert not CommitView(None, 314).stuck
-    assert not CommitView(312, None).stuck
-
-
-def test_commit_watch__a_stuck_commit_is_read_again_from_it_after_patience_idle_checks() -> None:
-    watch = CommitWatch(patience=3)
-    assert [watch.check({"t[0]": HOLE}, idle=True) for _ in range(3)] == [[], [], ["t[0]"]]
-
-
-def test_commit_watch__busy_or_moving_resets_the_count() -> None:
-    watch = CommitWatch(patience=2)
-    assert watch.check({"t[0]": HOLE}, idle=True) == []
-    assert watch.check({"t[0]": HOLE}, idle=False) == []  # busy: the hole may yet close
-    assert watch.check({"t[0]": HOLE}, idle=True) == []
-    assert watch.check({"t[0]": CommitView(400, 402)}, idle=True) == []  # moved on: a new hole
-    assert watch.check({"t[0]": CommitView(400, 402)}, idle=True) == ["t[0]"]
-
-
-def test_commit_watch__an_attempt_that_does_not_close_the_hole_doubles_the_wait() -> None:
-    watch = CommitWatch(patience=2)
-    results = [watch.check({"t[0]": HOLE}, idle=True) for _ in range(2 + 4 + 8)]
-    assert [i + 1 for i, r in enumerate(results) if r] == [2, 2 + 4, 2 + 4 + 8]
-
-
-def test_commit_watch__forgets_partitions_no_longer_assigned() -> None:
-    watch = CommitWatch(patience=2)
-    watch.check({"t[0]": HOLE}, idle=True)
-    watch.check({}, idle=True)
-    assert watch.check({"t[0]": HOLE}, idle=True) == []  # counted from the start again
