@@ -58,64 +58,66 @@ async def test_two_workers__join_stop_rejoin_kill_rejoin__every_request_answered
         run_id,
     ):
         second = second_worker(first.env, f"rebalance-b-{run_id}")
-        sent: dict[str, str] = {}  # request id -> namespace
-        stop = asyncio.Event()
+        try:  # whatever fails, the second worker stops (a worker left running loads the box)
+            sent: dict[str, str] = {}  # request id -> namespace
+            stop = asyncio.Event()
 
-        async def flow() -> None:
-            i = 0
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            while not stop.is_set() and i < 8000:
-                namespace = f"ns{i % NAMESPACES}-{run_id}"
-                request_id = f"rb{i}-{run_id}"
-                payload = {
-                    "request_id": request_id,
-                    "principal": "tests",
-                    "action": "create",
-                    "type": "member",
-                    "source": f"user:{i}",
-                    "target": f"group:{i % 50}",
-                }
-                await wire.send("relationships", namespace, payload)
-                sent[request_id] = namespace
-                i += 1
-                await asyncio.sleep(max(0.0, start + i / RATE - loop.time()))
+            async def flow() -> None:
+                i = 0
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                while not stop.is_set() and i < 8000:
+                    namespace = f"ns{i % NAMESPACES}-{run_id}"
+                    request_id = f"rb{i}-{run_id}"
+                    payload = {
+                        "request_id": request_id,
+                        "principal": "tests",
+                        "action": "create",
+                        "type": "member",
+                        "source": f"user:{i}",
+                        "target": f"group:{i % 50}",
+                    }
+                    await wire.send("relationships", namespace, payload)
+                    sent[request_id] = namespace
+                    i += 1
+                    await asyncio.sleep(max(0.0, start + i / RATE - loop.time()))
 
-        producer = asyncio.create_task(flow())
-        try:
-            await wire.wait_until(lambda: len(results_of(wire, set(sent))) >= 100, timeout_s=60)
+            producer = asyncio.create_task(flow())
+            try:
+                await wire.wait_until(lambda: len(results_of(wire, set(sent))) >= 100, timeout_s=60)
 
-            async def across(phase: str, worker: WorkerProcess, starts: int) -> None:
-                """`worker` has started `starts` times and been assigned its partitions; the flow
-                goes on past that rebalance; every request so far answered exactly once."""
-                ready = await wire.wait_until(lambda: worker.log_text().count(READY) >= starts, timeout_s=120)
-                assert ready, f"{phase}: {worker.log_path} not ready"
-                after = len(sent) + 2 * int(RATE)  # two more seconds of the flow
-                await wire.wait_until(lambda: len(sent) >= after, timeout_s=30)
-                requests = set(sent)
-                assert await wire.wait_until(
-                    lambda: set(results_of(wire, requests)) == requests, timeout_s=90
-                )
-                assert_once(wire, requests, phase)
+                async def across(phase: str, worker: WorkerProcess, starts: int) -> None:
+                    """`worker` has started `starts` times and been assigned its partitions; the flow
+                    goes on past that rebalance; every request so far answered exactly once."""
+                    ready = await wire.wait_until(
+                        lambda: worker.log_text().count(READY) >= starts, timeout_s=120
+                    )
+                    assert ready, f"{phase}: {worker.log_path} not ready"
+                    after = len(sent) + 2 * int(RATE)  # two more seconds of the flow
+                    await wire.wait_until(lambda: len(sent) >= after, timeout_s=30)
+                    requests = set(sent)
+                    assert await wire.wait_until(
+                        lambda: set(results_of(wire, requests)) == requests, timeout_s=90
+                    )
+                    assert_once(wire, requests, phase)
 
-            # graceful rebalances: a second worker joins; the first stops on SIGTERM, starts again
-            second.start()
-            await across("a worker joined", second, 1)
-            await asyncio.to_thread(first.stop)
-            await across("a worker stopped on SIGTERM", second, 1)
-            first.start()
-            await across("a worker started again", first, 2)
+                # graceful rebalances: a second worker joins; the first stops on SIGTERM, starts again
+                second.start()
+                await across("a worker joined", second, 1)
+                await asyncio.to_thread(first.stop)
+                await across("a worker stopped on SIGTERM", second, 1)
+                first.start()
+                await across("a worker started again", first, 2)
 
-            # the first worker dies; the second takes its namespaces over, then it comes back
-            first.kill()
-            before_kill = set(sent)
-            await wire.wait_until(lambda: set(results_of(wire, before_kill)) == before_kill, timeout_s=90)
-            first.start()
-            await wait_until_answering(wire, first)
-        finally:
-            stop.set()
-            await producer
-        try:
+                # the first worker dies; the second takes its namespaces over, then it comes back
+                first.kill()
+                before_kill = set(sent)
+                await wire.wait_until(lambda: set(results_of(wire, before_kill)) == before_kill, timeout_s=90)
+                first.start()
+                await wait_until_answering(wire, first)
+            finally:
+                stop.set()
+                await producer
             mine = set(sent)
             if not await wire.wait_until(lambda: set(results_of(wire, mine)) == mine, timeout_s=90):
                 missing = sorted(mine - set(results_of(wire, mine)))
