@@ -10,6 +10,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.integration.conftest import (
     REPO,
@@ -35,6 +36,44 @@ def second_worker(env: dict[str, str], name: str) -> WorkerProcess:
         "NEXUS_METRICS_PORT": str(free_port()),
     }
     return WorkerProcess(other, f"worker-{name}")
+
+
+async def changelog_view(bootstrap: str, env: dict[str, str], namespace: str) -> str:
+    """What the state changelog holds of `namespace` (its relationship records, live and
+    deleted, and where), and what each worker logged of its rebuilds: whether a loss is in the
+    write path or in a rebuild."""
+    topic = f"{env['NEXUS_APP_ID']}-state-changelog"
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(int(env["NEXUS_PARTITIONS"]))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        live: dict[bytes, int] = {}
+        where: Counter[int] = Counter()
+        prefix = f"r\x1f{namespace}\x1f".encode()
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                for record in records:
+                    if record.key is not None and record.key.startswith(prefix):
+                        where[tp.partition] += 1
+                        if record.value is None:
+                            live.pop(record.key, None)
+                        else:
+                            live[record.key] = record.offset
+    finally:
+        await consumer.stop()
+    return f"the changelog holds {len(live)} live records of {namespace} (writes by partition {dict(where)})"
+
+
+def rebuilds(*workers: WorkerProcess) -> str:
+    return "\n".join(
+        f"{w.log_path.name}: {line}"
+        for w in workers
+        for line in w.log_text().splitlines()
+        if "graphs rebuilt" in line or "Joined group" in line or "hand-over" in line
+    )
 
 
 def results_of(wire: Wire, mine: set[str]) -> Counter[str]:
@@ -133,7 +172,14 @@ async def test_two_workers__join_stop_rejoin_kill_rejoin__every_request_answered
             for n in range(NAMESPACES):
                 namespace = f"ns{n}-{run_id}"
                 stats = await wire.request("queries", namespace, {"action": "stats"}, timeout_s=60)
-                assert stats["output"]["relationships"] == ok[namespace], namespace
+                if stats["output"]["relationships"] != ok[namespace]:
+                    raise AssertionError(
+                        f"{namespace}: {stats['output']['relationships']} relationships, "
+                        f"{ok[namespace]} creates answered ok; "
+                        + await changelog_view(kafka_bootstrap, first.env, namespace)
+                        + "\n"
+                        + rebuilds(first, second)
+                    )
             for worker in (first, second):
                 assert "Traceback" not in worker.log_text(), worker.log_path
         finally:
