@@ -506,6 +506,11 @@ class NamespaceActor:
                     # state would land behind the next owner's rebuild)
                     break
                 watch.received(msg)
+                if consumer.handled(tp, msg.offset):
+                    # fetched once before a seek to the committed offset and once after it: its
+                    # reply is out or on its way (and acknowledges the offset); handled again, the
+                    # request was answered twice
+                    continue
                 token = batch_consumer.MessageToken(consumer, msg)
                 try:
                     await self.handle_message(spec, msg, token, time.perf_counter())

@@ -54,6 +54,33 @@ class BatchConsumer(AIOKafkaConsumer):
     #: where the group member id is kept, for the next run after a crash (admin.leave_for_previous_run)
     member_path: Path | None = None
     _member_id: str | None = None
+    #: per batch partition, the offsets whose handling started and whose acknowledgement is to come
+    _pending: dict[TP, set[int]]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._pending = {}
+
+    def handled(self, tp: TP, offset: int) -> bool:
+        """Whether the message at `offset` was handled in this assignment already: its handling
+        started and its acknowledgement is to come, or it is acknowledged (or committed)."""
+        committed = self._committed_offset.get(tp)
+        return (
+            (committed is not None and offset < committed)
+            or offset in self._acked_index.get(tp, ())
+            or offset in self._pending.get(tp, ())
+        )
+
+    def track_message(self, message: Message) -> None:
+        super().track_message(message)
+        if message.topic in self.batch_topics:
+            self._pending.setdefault(message.tp, set()).add(message.offset)
+
+    def ack(self, message: Message) -> bool:
+        pending = self._pending.get(message.tp)
+        if pending is not None:
+            pending.discard(message.offset)
+        return bool(super().ack(message))
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Commit what was acknowledged before Faust forgets it. Faust drops the acknowledgements
@@ -67,6 +94,8 @@ class BatchConsumer(AIOKafkaConsumer):
             await self.settle(revoked, self.hand_over_s)
             await self.commit_now()
         await super().on_partitions_revoked(revoked)
+        for tp in revoked:  # as Faust forgets their acknowledgements
+            self._pending.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         """Until Faust has sought the new assignment to the committed offsets, what a fetch returns

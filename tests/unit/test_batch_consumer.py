@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-from faust.types import TP
+from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent
 
 from nexus_streams.streams.consumer import BatchConsumer, ChangelogQueue, install
@@ -104,3 +104,30 @@ async def test_changelog_queue__faust_uses_it() -> None:
     app = faust.App("test-changelog-queue", autodiscover=False)
     install(app, frozenset({"t.relationships"}), lambda tp, messages: asyncio.sleep(0))
     assert isinstance(cast(Any, app.tables).changelog_queue, ChangelogQueue)
+
+
+def _message(topic: str, partition: int, offset: int) -> Message:
+    return Message(topic, partition, offset, 0.0, 0, None, None, b"v", None)
+
+
+async def test_handled__from_the_start_of_its_handling__until_committed() -> None:
+    app = faust.App("test-handled", autodiscover=False)
+    install(app, frozenset({INPUT.topic}), lambda tp, messages: asyncio.sleep(0))
+    consumer = cast(Any, app.consumer)
+    message = _message(INPUT.topic, INPUT.partition, 295)
+    assert not consumer.handled(INPUT, 295)
+    consumer.track_message(message)
+    assert consumer.handled(INPUT, 295)  # its reply is on its way: a second copy is not handled
+    assert not consumer.handled(INPUT, 296)  # never handled (a hole read again): handled then
+    consumer.ack(message)
+    assert not consumer._pending[INPUT]
+    consumer._committed_offset[INPUT] = 300
+    assert consumer.handled(INPUT, 299) and not consumer.handled(INPUT, 300)
+
+
+async def test_handled__other_topics__not_kept() -> None:
+    app = faust.App("test-handled-other", autodiscover=False)
+    install(app, frozenset({INPUT.topic}), lambda tp, messages: asyncio.sleep(0))
+    consumer = cast(Any, app.consumer)
+    consumer.track_message(_message("t.patterns", 0, 7))
+    assert consumer._pending == {}
