@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nexus_streams.codec import Undecodable, decode_object, encode, request_id_of
+from nexus_streams.codec import Undecodable, cut, decode_object, encode, request_id_of
 from nexus_streams.domain.errors import ErrorCode, InternalError, NexusError
 from nexus_streams.messages import DEFAULT_NAMESPACE, ErrorBody, Event, Result, SourceRef
 from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, REASON_HEADERS, RESULTS, Header, TopicSpec
@@ -67,6 +67,10 @@ def _key(namespace: str | None, pattern_id: str | None) -> bytes | None:
 MAX_OUTBOUND_BYTES = 900 * 1024
 #: an error message's characters (some quote the input)
 MAX_ERROR_MESSAGE = 2000
+#: the longest action, principal or pattern id a failed request's result and events echo (a value
+#: of the message's size echoed made a result larger than the results topic takes: never
+#: delivered, so the request was never acknowledged and its partition's commits stopped)
+MAX_ECHO = 256
 
 
 def result_message(result: Result) -> Outbound:
@@ -75,6 +79,9 @@ def result_message(result: Result) -> Outbound:
         error = _too_large(len(value))
         result = result.model_copy(update={"status": "error", "output": None, "error": error})
         value = encode(result)
+        if len(value) > MAX_OUTBOUND_BYTES:  # what it echoes of the request is that large
+            result = result.model_copy(update=_echoes(result))
+            value = encode(result)
     headers = {Header.STATUS.value: result.status.encode()}
     if result.namespace is not None:
         headers[Header.NAMESPACE.value] = result.namespace.encode()
@@ -83,12 +90,24 @@ def result_message(result: Result) -> Outbound:
     return Outbound(RESULTS, _key(result.namespace, result.pattern_id), value, headers)
 
 
+def _echoes(message: Result | Event) -> dict[str, str]:
+    """The fields a result or an event echoes of its request, cut to MAX_ECHO characters."""
+    return {
+        name: cut(value, MAX_ECHO)
+        for name in ("action", "principal", "pattern_id", "request_id", "namespace")
+        if isinstance(value := getattr(message, name, None), str)
+    }
+
+
 def event_message(event: Event) -> Outbound:
     value = encode(event)
     if len(value) > MAX_OUTBOUND_BYTES:
         omitted = {"omitted": f"the event's data was {len(value)} bytes; the limit is {MAX_OUTBOUND_BYTES}"}
         event = event.model_copy(update={"relationship": None, "data": omitted})
         value = encode(event)
+        if len(value) > MAX_OUTBOUND_BYTES:
+            event = event.model_copy(update=_echoes(event))
+            value = encode(event)
     headers = {Header.EVENT_TYPE.value: event.type.encode()}
     if event.namespace is not None:
         headers[Header.NAMESPACE.value] = event.namespace.encode()
@@ -187,6 +206,9 @@ def failure(
     the dead-letter topic when it has no request_id (nobody can await its result) or when the
     service failed on it (an operator looks at it, and can redrive it)."""
     source = SourceRef(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+    action, principal, pattern_id = (
+        None if v is None else cut(v, MAX_ECHO) for v in (action, principal, pattern_id)
+    )
     body = ErrorBody.model_validate(exc.to_dict())
     if len(body.message) > MAX_ERROR_MESSAGE:
         body = body.model_copy(update={"message": body.message[: MAX_ERROR_MESSAGE - 3] + "..."})

@@ -12,6 +12,7 @@ import pytest
 from nexus_streams.domain.errors import Forbidden, InternalError, NotFound, RateLimited, Unauthenticated
 from nexus_streams.messages import Event, Result
 from nexus_streams.replies import (
+    MAX_ECHO,
     MAX_ERROR_MESSAGE,
     MAX_OUTBOUND_BYTES,
     Received,
@@ -272,3 +273,27 @@ def test_failure__other_errors__no_access_denied() -> None:
         now=NOW,
     )
     assert [json.loads(o.value)["type"] for o in by_topic(outbound)["events"]] == ["error"]
+
+
+def test_failure__huge_action_principal_and_pattern_id__echoed_cut() -> None:
+    huge = "x" * 1_048_000  # a message of the broker's limit, nearly all one field
+    result, outbound = failure(
+        received(b"{}"),
+        NotFound("nothing here"),
+        namespace="ns-1",
+        request_id="r-1",
+        principal=huge,
+        action=huge,
+        pattern_id=huge,
+        offset=None,
+        now=NOW,
+    )
+    assert result.action is not None and len(result.action) == MAX_ECHO
+    assert all(len(out.value) < 8 * MAX_ECHO + 4096 for out in outbound), [len(o.value) for o in outbound]
+
+
+def test_result_message__echoing_more_than_the_limit__cut_to_fit() -> None:
+    result = Result(request_id="r-1", namespace="ns-1", action="x" * 1_048_000, status="ok", processed_at=NOW)
+    out = result_message(result)
+    assert len(out.value) <= MAX_OUTBOUND_BYTES
+    assert json.loads(out.value)["error"]["code"] == "resource_limit"
