@@ -27,6 +27,16 @@ MAX_FIELD_ERRORS = 20
 M = TypeVar("M", bound=BaseModel)
 
 
+def dumps(value: Any) -> bytes:
+    """`orjson.dumps`, copied to its own length: for bytes that are kept (state values). orjson
+    (3.12 on) hands back its whole output buffer, at least 4 KiB for any value, so a 60-byte
+    relationship record kept as it came held 4 KB of heap: with `memory://`, 4.8 KB per
+    relationship after a batch load against 0.6 KB after a restart had read the same records
+    back from the changelog (tracemalloc: 2 blocks of ~2 KB per record, all at this call). The
+    copy costs ~0.1 us."""
+    return b"".join((orjson.dumps(value), b""))
+
+
 class Undecodable(Exception):
     """The value cannot be read as a JSON object; `reason` goes into the dead-letter headers."""
 

@@ -25,7 +25,7 @@ from faust import stores as faust_stores
 from faust.types import TP, EventT
 
 from nexus_streams.auth import Gate
-from nexus_streams.codec import Undecodable
+from nexus_streams.codec import Undecodable, dumps
 from nexus_streams.connection import broker_credentials, kafka_options
 from nexus_streams.diagnostics import install_task_dump
 from nexus_streams.domain.access import AccessPolicy
@@ -380,21 +380,21 @@ class NamespaceActor:
         for change in reply.changes:
             rel = change.relationship
             key = state_key(Kind.RECORD, rel.key.as_stored(rel.namespace))
-            put(partition, key.encode(), orjson.dumps(rel.to_record()) if isinstance(change, Put) else None)
+            put(partition, key.encode(), dumps(rel.to_record()) if isinstance(change, Put) else None)
         self.metrics.observe_changes(reply.changes)
         reply.changes = []  # written and counted: the reply waits for its flush without them
         if reply.schema is not None:
             namespace, document = reply.schema
-            put(partition, state_key(Kind.SCHEMA, namespace).encode(), orjson.dumps(document))
+            put(partition, state_key(Kind.SCHEMA, namespace).encode(), dumps(document))
         if reply.progress is not None:
             applied_partition, offset = reply.progress
             put(partition, state_key(Kind.PROGRESS, str(applied_partition)).encode(), str(offset).encode())
         if reply.execution_state is not None:
             execution_key, execution = reply.execution_state
-            value = None if execution is None else orjson.dumps(execution)
+            value = None if execution is None else dumps(execution)
             put(partition, state_key(Kind.EXECUTION, execution_key).encode(), value)
         for namespace, subscription_id, subscription in reply.subscriptions:
-            value = None if subscription is None else orjson.dumps(subscription)
+            value = None if subscription is None else dumps(subscription)
             put(partition, state_key(Kind.SUBSCRIPTION, namespace, subscription_id).encode(), value)
 
     async def complete(self, reply: Reply, started: float, seal: bool = True) -> None:

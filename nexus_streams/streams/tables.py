@@ -10,6 +10,7 @@ from typing import Any
 import faust
 import orjson
 
+from nexus_streams.codec import dumps
 from nexus_streams.domain.relationships import SEP, Relationship, RelationshipKey
 from nexus_streams.service import Remembered
 from nexus_streams.streams.writer import StateWriter
@@ -73,7 +74,7 @@ COMPRESS_OVER_BYTES = 2048
 def remembered_bytes(remembered: Remembered, encoded: bytes | None = None) -> bytes:
     """A remembered result as stored: its JSON (`encoded`, when the result message has it
     already), zlib-compressed when large."""
-    plain = encoded if encoded is not None else orjson.dumps(remembered.to_dict())
+    plain = encoded if encoded is not None else dumps(remembered.to_dict())
     return b"Z" + zlib.compress(plain, 1) if len(plain) > COMPRESS_OVER_BYTES else plain
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from nexus_streams.codec import (
@@ -16,6 +18,7 @@ from nexus_streams.codec import (
     Undecodable,
     check_nesting,
     decode_object,
+    dumps,
     encode,
     parse_action,
     parse_model,
@@ -674,3 +677,16 @@ def test_encode__the_fast_path_writes_what_the_general_one_does() -> None:
     )
     general = result.model_dump(mode="json", exclude_none=True, by_alias=True)
     assert encode(result) == json.dumps(general, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_dumps__kept_values_hold_their_own_length() -> None:
+    """A stored record must not keep orjson's output buffer (4 KiB from 3.12 on) behind it."""
+    record = {"metadata": {"weight": 1}, "created_at": "2026-12-02T00:00:00Z", "version": 1}
+    assert dumps(record) == orjson.dumps(record)
+    tracemalloc.start()
+    try:
+        kept = [dumps(record) for _ in range(1000)]
+        per_value = tracemalloc.get_traced_memory()[0] / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_value < 2 * (len(kept[0]) + 40), per_value
