@@ -28,6 +28,7 @@ from nexus_streams.domain.backup import (
     trailer,
 )
 from nexus_streams.domain.errors import InvalidBackup
+from nexus_streams.domain.times import iso
 
 #: (items done, items in all or None, bytes done): what a progress bar shows
 Progress = Callable[[int, int | None, int], None]
@@ -259,7 +260,7 @@ async def export_patterns(
         "format_version": FORMAT_VERSION,
         "patterns": len(patterns),
         "with_stats": with_stats,
-        "exported_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "exported_at": iso(datetime.now(UTC)),
     }
     summary.bytes += out.write(_dumps(header))
     for n, pattern in enumerate(patterns, start=1):

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nexus_streams.codec import Undecodable, cut, decode_object, encode, request_id_of
+import orjson
+
+from nexus_streams.codec import Undecodable, cut, decode_object, dumps, encode, request_id_of
 from nexus_streams.domain.errors import ErrorCode, InternalError, NexusError
+from nexus_streams.domain.times import iso
 from nexus_streams.messages import DEFAULT_NAMESPACE, ErrorBody, Event, Result, SourceRef
 from nexus_streams.topics import DEADLETTER, EVENTS, PATTERNS, REASON_HEADERS, RESULTS, Header, TopicSpec
 
@@ -116,6 +119,50 @@ def event_message(event: Event) -> Outbound:
     if event.pattern_version is not None:
         headers[Header.PATTERN_VERSION.value] = str(event.pattern_version).encode()
     return Outbound(EVENTS, _key(event.namespace, event.pattern_id), value, headers)
+
+
+def command_event_message(
+    type_: str,
+    namespace: str,
+    occurred_at: datetime,
+    request_id: str | None,
+    principal: str | None,
+    data: Mapping[str, Any],
+) -> Outbound:
+    """`event_message` of a namespace command's event (`data`: its relationship, and the rest of
+    what it says), the same bytes without the model: a batch writes one event per relationship,
+    and building and dumping an `Event` took ~13 us of the ~40 us each costs in-process (orjson:
+    ~2 us). Values orjson does not write (an int past 64 bits), or an event over the limit, take
+    the model's way (tests/unit/test_replies.py compares the two)."""
+    fields: dict[str, Any] = {"type": type_, "namespace": namespace, "occurred_at": iso(occurred_at)}
+    if request_id is not None:
+        fields["request_id"] = request_id
+    if principal is not None:
+        fields["principal"] = principal
+    relationship = data.get("relationship")
+    if relationship is not None:
+        fields["relationship"] = relationship
+    rest = {k: v for k, v in data.items() if k != "relationship"}
+    if rest:
+        fields["data"] = rest
+    try:
+        value = dumps(fields)
+    except orjson.JSONEncodeError:
+        value = b""
+    if not value or len(value) > MAX_OUTBOUND_BYTES:
+        return event_message(
+            Event(
+                type=type_,
+                namespace=namespace,
+                occurred_at=occurred_at,
+                request_id=request_id,
+                principal=principal,
+                relationship=relationship,
+                data=rest or None,
+            )
+        )
+    headers = {Header.EVENT_TYPE.value: type_.encode(), Header.NAMESPACE.value: namespace.encode()}
+    return Outbound(EVENTS, namespace.encode(), value, headers)
 
 
 def _too_large(size: int) -> ErrorBody:

@@ -86,7 +86,6 @@ from nexus_streams.messages import (
     DeleteFields,
     DetectCycles,
     ErrorBody,
-    Event,
     ExecutionRequest,
     Expire,
     Export,
@@ -113,6 +112,7 @@ from nexus_streams.messages import (
 from nexus_streams.replies import (
     Outbound,
     Received,
+    command_event_message,
     deadletter_message,
     event_message,
     failure,
@@ -1029,7 +1029,9 @@ class NamespaceService:
         reply = Reply(msg, [result_message(result)], namespace=namespace, result=result)
         for event in outcome.events:
             reply.outbound.append(
-                event_message(_event(event, namespace, now, command.request_id, command.principal))
+                command_event_message(
+                    event.type, namespace, now, command.request_id, command.principal, event.data
+                )
             )
         return reply
 
@@ -1089,18 +1091,6 @@ def _namespace_of(key: bytes | None) -> tuple[str, str | None]:
             "of letters, digits and . _ : -"
         )
     return namespace, None
-
-
-def _event(event: DomainEvent, namespace: str, now: datetime, request_id: str, principal: str) -> Event:
-    return Event(
-        type=event.type,
-        namespace=namespace,
-        occurred_at=now,
-        request_id=request_id,
-        principal=principal,
-        relationship=event.data.get("relationship"),
-        data={k: v for k, v in event.data.items() if k != "relationship"} or None,
-    )
 
 
 __all__ = ["Deferred", "ExportPlan", "Limits", "NamespaceService", "Received", "Reply", "canonical_key"]

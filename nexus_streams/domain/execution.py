@@ -190,6 +190,7 @@ from nexus_streams.domain.steps import (
     step_kind,
 )
 from nexus_streams.domain.templates import Scope
+from nexus_streams.domain.times import iso, parse_time
 from nexus_streams.domain.validation import validate_input
 
 _log = logging.getLogger(__name__)
@@ -268,20 +269,8 @@ class ExecutionLimits:
 # -- JSON helpers ------------------------------------------------------------------------------
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def _when(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _maybe_iso(value: datetime | None) -> str | None:
-    return None if value is None else _iso(value)
-
-
 def _maybe_when(value: str | None) -> datetime | None:
-    return None if value is None else _when(value)
+    return None if value is None else parse_time(value)
 
 
 def _key_list(key: RelationshipKey) -> list[str]:
@@ -310,7 +299,7 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [_json_safe(v) for v in value]
     if isinstance(value, datetime):
-        return _iso(value)
+        return iso(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
@@ -337,7 +326,7 @@ class ExecutionEvent:
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": self.type,
-            "occurred_at": _iso(self.occurred_at),
+            "occurred_at": iso(self.occurred_at),
             "data": self.data,
             "relationship": self.relationship,
             "error": self.error,
@@ -347,7 +336,7 @@ class ExecutionEvent:
     def from_dict(cls, data: Mapping[str, Any]) -> ExecutionEvent:
         return cls(
             data["type"],
-            _when(data["occurred_at"]),
+            parse_time(data["occurred_at"]),
             data.get("data"),
             data.get("relationship"),
             data.get("error"),
@@ -431,9 +420,9 @@ class StepState:
             "attempts": self.attempts,
             "output": self.output,
             "error": self.error,
-            "next_attempt_at": _maybe_iso(self.next_attempt_at),
-            "first_attempt_at": _maybe_iso(self.first_attempt_at),
-            "finished_at": _maybe_iso(self.finished_at),
+            "next_attempt_at": iso(self.next_attempt_at),
+            "first_attempt_at": iso(self.first_attempt_at),
+            "finished_at": iso(self.finished_at),
             "reason": self.reason,
             "nested": None if self.nested is None else self.nested.to_dict(),
             "compensation": self.compensation,
@@ -536,8 +525,8 @@ class Execution:
             "pattern_id": self.pattern_id,
             "pattern_version": self.pattern_version,
             "input": self.input,
-            "started_at": _iso(self.started_at),
-            "deadline": _iso(self.deadline),
+            "started_at": iso(self.started_at),
+            "deadline": iso(self.deadline),
             "step_events": self.step_events,
             "depth": self.depth,
             "status": self.status.value,
@@ -553,7 +542,7 @@ class Execution:
                 "steps_run": self.counters.steps_run,
                 "vertices_visited": self.counters.vertices_visited,
             },
-            "finished_at": _maybe_iso(self.finished_at),
+            "finished_at": iso(self.finished_at),
             "outcome": None if self.outcome is None else self.outcome.to_dict(),
         }
 
@@ -569,8 +558,8 @@ class Execution:
             pattern_id=data["pattern_id"],
             pattern_version=int(data["pattern_version"]),
             input=dict(data.get("input") or {}),
-            started_at=_when(data["started_at"]),
-            deadline=_when(data["deadline"]),
+            started_at=parse_time(data["started_at"]),
+            deadline=parse_time(data["deadline"]),
             step_events=bool(data.get("step_events", False)),
             depth=int(data.get("depth", 0)),
             status=ExecutionStatus(data["status"]),
@@ -905,7 +894,7 @@ class _Call:
     def run(self) -> Progress:
         root = self.root
         if root.status is ExecutionStatus.PENDING:
-            self.emit("execution_started", {"deadline": _iso(root.deadline)})
+            self.emit("execution_started", {"deadline": iso(root.deadline)})
         try:
             compiled = self.engine.compiled(root.pattern_id, root.pattern_version)
         except NotFound as exc:
@@ -1110,7 +1099,7 @@ class _Call:
             if step_deadline is not None and at > step_deadline:
                 error = _error(
                     ErrorCode.TIMEOUT,
-                    f"step {path!r} would retry at {_iso(at)}, after its timeout_ms ({step.timeout_ms})",
+                    f"step {path!r} would retry at {iso(at)}, after its timeout_ms ({step.timeout_ms})",
                     last_error=error,
                 )
             elif at >= ex.deadline:
@@ -1121,9 +1110,7 @@ class _Call:
                 state.status = StepStatus.WAITING_RETRY
                 state.next_attempt_at = at
                 state.error = error
-                self.emit_step(
-                    "step_retried", path, step, state, next_attempt_at=_iso(at), backoff_ms=backoff
-                )
+                self.emit_step("step_retried", path, step, state, next_attempt_at=iso(at), backoff_ms=backoff)
                 return
         state.status = StepStatus.FAILED
         state.error = error
@@ -1139,10 +1126,10 @@ class _Call:
                 break
         if owner is None or owner is self.root:
             total = round((self.root.deadline - self.root.started_at).total_seconds() * 1000)
-            message = f"the execution did not finish by its deadline {_iso(self.root.deadline)} ({total} ms)"
-            return _Abort(_error(ErrorCode.TIMEOUT, message, deadline=_iso(self.root.deadline)), None)
+            message = f"the execution did not finish by its deadline {iso(self.root.deadline)} ({total} ms)"
+            return _Abort(_error(ErrorCode.TIMEOUT, message, deadline=iso(self.root.deadline)), None)
         message = f"included pattern {owner.pattern_id!r} did not finish within its step's timeout_ms"
-        return _Abort(_error(ErrorCode.TIMEOUT, message, deadline=_iso(owner.deadline)), owner)
+        return _Abort(_error(ErrorCode.TIMEOUT, message, deadline=iso(owner.deadline)), owner)
 
     def count_step(self) -> None:
         counters = self.root.counters

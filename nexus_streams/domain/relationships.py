@@ -9,12 +9,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from nexus_streams.domain.errors import (
     InvalidEntityId,
     MetadataTooLarge,
     SelfRelationship,
     UnknownRelationshipType,
 )
+from nexus_streams.domain.times import iso, parse_time
 
 #: ids of entities: printable, no whitespace or control characters (C0, DEL, C1)
 ID_PATTERN = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+")
@@ -104,8 +107,18 @@ def check_id(value: str, field_name: str) -> None:
         )
 
 
+def metadata_bytes(metadata: dict[str, Any]) -> int:
+    """Metadata's size as compact UTF-8 JSON (what the limit counts)."""
+    if not metadata:
+        return 2
+    try:
+        return len(orjson.dumps(metadata))
+    except orjson.JSONEncodeError:  # what orjson does not write (an int past 64 bits): as json writes it
+        return len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+
+
 def check_metadata(metadata: dict[str, Any]) -> None:
-    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    size = metadata_bytes(metadata)
     if size > MAX_METADATA_BYTES:
         raise MetadataTooLarge(
             f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
@@ -151,9 +164,9 @@ class Relationship:
             "target": self.target,
             "metadata": self.metadata,
             "version": self.version,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "expires_at": _iso(self.expires_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "expires_at": iso(self.expires_at),
         }
 
     @classmethod
@@ -165,9 +178,9 @@ class Relationship:
             target=data["target"],
             metadata=dict(data.get("metadata") or {}),
             version=int(data.get("version", 1)),
-            created_at=_parse(data.get("created_at")),
-            updated_at=_parse(data.get("updated_at")),
-            expires_at=_parse(data.get("expires_at")),
+            created_at=parse_time(data.get("created_at")),
+            updated_at=parse_time(data.get("updated_at")),
+            expires_at=parse_time(data.get("expires_at")),
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -175,7 +188,7 @@ class Relationship:
         record: dict[str, Any] = {"v": self.version, "m": self.metadata}
         for name, value in (("c", self.created_at), ("u", self.updated_at), ("e", self.expires_at)):
             if value is not None:
-                record[name] = _iso(value)
+                record[name] = iso(value)
         return record
 
     @classmethod
@@ -187,9 +200,9 @@ class Relationship:
             target=key.target,
             metadata=record.get("m") or {},
             version=int(record.get("v", 1)),
-            created_at=_parse(record.get("c")),
-            updated_at=_parse(record.get("u")),
-            expires_at=_parse(record.get("e")),
+            created_at=parse_time(record.get("c")),
+            updated_at=parse_time(record.get("u")),
+            expires_at=parse_time(record.get("e")),
         )
 
     def evolve(self, **changes: Any) -> Relationship:
@@ -198,13 +211,5 @@ class Relationship:
 
 def expiry_of(record: dict[str, Any]) -> float | None:
     """A stored record's expiry as a POSIX timestamp (None: it does not expire)."""
-    parsed = _parse(record.get("e"))
+    parsed = parse_time(record.get("e"))
     return None if parsed is None else parsed.timestamp()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def _parse(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from nexus_streams.domain.errors import NotFound
 from nexus_streams.domain.patterns import Pattern, PatternKind
+from nexus_streams.domain.times import iso, parse_time
 
 Clock = Callable[[], datetime]
 MAX_ERROR_MESSAGE_CHARS = 1000
@@ -67,7 +68,7 @@ class VersionInfo:
     digest: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "created_at": _iso(self.created_at)}
+        return {**asdict(self), "created_at": iso(self.created_at)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +86,8 @@ class PatternSummary:
         return {
             **asdict(self),
             "kind": self.kind.value,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
         }
 
 
@@ -132,10 +133,10 @@ class ExecutionStats:
             "duration_max_ms": self.duration_max_ms,
             "duration_mean_ms": self.duration_mean_ms,
             "last_status": self.last_status,
-            "last_executed_at": _iso(self.last_executed_at),
+            "last_executed_at": iso(self.last_executed_at),
             "last_error_code": self.last_error_code,
             "last_error_message": self.last_error_message,
-            "last_error_at": _iso(self.last_error_at),
+            "last_error_at": iso(self.last_error_at),
         }
 
     def recorded(
@@ -292,15 +293,3 @@ def duration_us(duration_ms: float) -> int:
 
 def clip_message(message: str | None) -> str | None:
     return message[:MAX_ERROR_MESSAGE_CHARS] if message else None
-
-
-def iso(value: datetime | None) -> str | None:
-    return _iso(value)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None

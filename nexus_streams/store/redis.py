@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nexus_streams.domain.errors import ConcurrentModification, NexusError, StoreUnavailable
 from nexus_streams.domain.patterns import Pattern, PatternKind
+from nexus_streams.domain.times import iso, parse_time
 from nexus_streams.settings import Settings
 from nexus_streams.store.base import (
     Clock,
@@ -50,10 +51,8 @@ from nexus_streams.store.base import (
     VersionInfo,
     clip_message,
     duration_us,
-    iso,
     normalize_status,
     not_found,
-    parse_time,
     stamp,
     to_prune,
     utcnow,

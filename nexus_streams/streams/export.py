@@ -28,6 +28,7 @@ import orjson
 
 from nexus_streams.domain.backup import FORMAT_VERSION, NAMESPACE_FORMAT, encoded_line
 from nexus_streams.domain.errors import NexusError, ResourceLimit, Timeout
+from nexus_streams.domain.times import iso
 from nexus_streams.messages import Result, SourceRef
 from nexus_streams.replies import MAX_OUTBOUND_BYTES, Outbound, failure, result_message
 from nexus_streams.service import ExportPlan
@@ -190,7 +191,7 @@ class Exports:
             "partition": plan.msg.partition,
             "relationships_total": plan.relationships,
             "schema": plan.schema,
-            "exported_at": self.clock().isoformat().replace("+00:00", "Z"),
+            "exported_at": iso(self.clock()),
         }
         started = time.perf_counter()
         exhausted = False

@@ -16,6 +16,7 @@ from nexus_streams.replies import (
     MAX_ERROR_MESSAGE,
     MAX_OUTBOUND_BYTES,
     Received,
+    command_event_message,
     deadletter_message,
     event_message,
     failure,
@@ -297,3 +298,82 @@ def test_result_message__echoing_more_than_the_limit__cut_to_fit() -> None:
     out = result_message(result)
     assert len(out.value) <= MAX_OUTBOUND_BYTES
     assert json.loads(out.value)["error"]["code"] == "resource_limit"
+
+
+REL = {
+    "namespace": "ns",
+    "source": "user:1",
+    "type": "owner",
+    "target": "wallet:1",
+    "metadata": {"w": 0.1, "tiny": 1e-7, "big": 1e300, "n": -3, "s": "é ✓ \u2028", "l": [1, None, True]},
+    "version": 2,
+    "created_at": "2026-12-02T18:37:54.636649Z",
+    "updated_at": "2026-12-02T18:37:54Z",
+    "expires_at": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("type_", "request_id", "principal", "data", "when"),
+    [
+        (
+            "relationship_created",
+            "r1",
+            "alice",
+            {"relationship": REL},
+            datetime(2026, 12, 2, 1, 2, 3, 456, UTC),
+        ),
+        (
+            "relationship_updated",
+            "r2",
+            None,
+            {"relationship": REL, "previous_version": 1},
+            datetime(2026, 1, 1, tzinfo=UTC),
+        ),
+        (
+            "schema_changed",
+            None,
+            "bob",
+            {"schema": {"types": {"owner": {"inverse": None}}}},
+            datetime.now(UTC),
+        ),
+        ("schema_changed", "r3", "bob", {"schema": None}, datetime.now(UTC)),
+        ("relationship_deleted", "r4", "carol", {"relationship": {**REL, "metadata": {}}}, datetime.now(UTC)),
+    ],
+)
+def test_command_event_message__the_same_as_the_models(
+    type_: str, request_id: str | None, principal: str | None, data: dict[str, Any], when: datetime
+) -> None:
+    """The fast way writes exactly what `event_message(Event(...))` writes: consumers see one format."""
+    fast = command_event_message(type_, "ns", when, request_id, principal, data)
+    rest = {k: v for k, v in data.items() if k != "relationship"}
+    event = Event(
+        type=type_,
+        namespace="ns",
+        occurred_at=when,
+        request_id=request_id,
+        principal=principal,
+        relationship=data.get("relationship"),
+        data=rest or None,
+    )
+    model = event_message(event)
+    assert fast.value == model.value
+    assert (fast.spec, fast.key, fast.headers, fast.partition) == (
+        model.spec,
+        model.key,
+        model.headers,
+        model.partition,
+    )
+
+
+def test_command_event_message__what_orjson_does_not_write__the_models_way() -> None:
+    data = {"relationship": {**REL, "metadata": {"huge": 2**70}}}
+    out = command_event_message("relationship_created", "ns", datetime.now(UTC), "r", "p", data)
+    assert json.loads(out.value)["relationship"]["metadata"]["huge"] == 2**70
+
+
+def test_command_event_message__over_the_limit__the_relationship_omitted() -> None:
+    data = {"relationship": {**REL, "metadata": {"s": "x" * (MAX_OUTBOUND_BYTES + 10)}}}
+    out = command_event_message("relationship_created", "ns", datetime.now(UTC), "r", "p", data)
+    assert len(out.value) <= MAX_OUTBOUND_BYTES
+    assert "omitted" in json.loads(out.value)["data"]
