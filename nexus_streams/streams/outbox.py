@@ -51,22 +51,18 @@ class Outbox:
         builders: dict[tuple[str, int], list[BatchBuilder]] = {}
         tokens = []
         now_ms = int(time.time() * 1000)
+        #: this call's partitions by (topic, key): a batch command's thousand events share one key
+        keyed: dict[tuple[str, bytes], int] = {}
         for outbound, token in messages:
             for out in outbound:
                 topic = self._topic_names[out.spec]
-                partition = (
-                    out.partition if out.partition is not None else await self._partition(topic, out.key)
-                )
-                batches = builders.setdefault((topic, partition), [])
-                headers = list(out.headers.items())
-                if (
-                    not batches
-                    or batches[-1].append(timestamp=now_ms, key=out.key, value=out.value, headers=headers)
-                    is None
-                ):
-                    builder = BatchBuilder(self._limits[topic], 0)
-                    builder.append(timestamp=now_ms, key=out.key, value=out.value, headers=headers)
-                    batches.append(builder)
+                partition = out.partition
+                if partition is None:
+                    if out.key is None:
+                        partition = await self._partition(topic, None)
+                    elif (partition := keyed.get((topic, out.key))) is None:
+                        partition = keyed[(topic, out.key)] = await self._partition(topic, out.key)
+                self._append(builders.setdefault((topic, partition), []), topic, out, now_ms)
             if token is not None:
                 tokens.append(token)
         deliveries = []
@@ -77,6 +73,16 @@ class Outbox:
             _ack(tokens)
             return
         asyncio.gather(*deliveries).add_done_callback(lambda done: _delivered(done, tokens))
+
+    def _append(self, batches: list[BatchBuilder], topic: str, out: Outbound, now_ms: int) -> None:
+        headers = list(out.headers.items())
+        if (
+            not batches
+            or batches[-1].append(timestamp=now_ms, key=out.key, value=out.value, headers=headers) is None
+        ):
+            builder = BatchBuilder(self._limits[topic], 0)
+            builder.append(timestamp=now_ms, key=out.key, value=out.value, headers=headers)
+            batches.append(builder)
 
     async def _partition(self, topic: str, key: bytes | None) -> int:
         count = await self._count(topic)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -63,8 +64,11 @@ async def test_user_onboarding__creates_owner_then_publishes_user_created(
         {"action": "get", "type": "owner", "source": "user:1", "target": "wallet:1"},
     )
     assert got["output"]["relationship"]["metadata"] == {"wallet_type": "primary"}
-    stats = await store.stats("user_onboarding")
-    assert stats.total.executions >= 1
+    # statistics reach Redis in batches after the execution's outcome (streams/app.py count_execution)
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while (stats := await store.stats("user_onboarding")).total.executions < 1:
+        assert asyncio.get_running_loop().time() < deadline, stats.total
+        await asyncio.sleep(0.05)
 
 
 async def test_financial_transaction__not_connected_fails_and_changes_nothing(
